@@ -1,0 +1,1 @@
+//! TETD-H: host side of TETD-rs.

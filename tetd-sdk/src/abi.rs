@@ -1,0 +1,590 @@
+//! The TETD binary interface: the one definition of every number and struct
+//! that crosses a boundary (agent ↔ runtime, guest ↔ host, tool ↔ image).
+//!
+//! * Hypercall leaves and their register convention ([`Leaf`], [`regs`]).
+//! * Status / error codes ([`Error`]), used by agents, the loader, the guest
+//!   module and the host alike.
+//! * The agent descriptor that `#[tetd::agent]` emits ([`AgentDescriptor`]).
+//! * The call frame and services table an agent entry receives
+//!   ([`CallFrame`], [`Services`]).
+//! * Intel TDX leaf numbers the host side models ([`tdx`]).
+
+use core::fmt;
+
+/// Version of the agent ABI (call frame, descriptor, services table layout).
+pub const ABI_VERSION: u32 = 1;
+
+/// Size of a page everywhere in TETD (images, zones, EPT model).
+pub const PAGE_SIZE: u64 = 4096;
+
+// ---------------------------------------------------------------------------
+// Hypercalls (guest -> host)
+// ---------------------------------------------------------------------------
+
+/// Value of R10 that marks a TETD hypercall.
+///
+/// The TDX Guest-Hypervisor Communication Interface (GHCI) reserves
+/// `R10 == 0` of `TDG.VP.VMCALL` for the standard sub-functions (R11 = exit
+/// reason / GHCI function such as `0x10001 MapGPA`) and lets any non-zero R10
+/// select a vendor-specific interface. TETD uses its own non-zero value, so no
+/// TETD leaf can ever be confused with a standard TDVMCALL.
+pub const TETD_VMCALL_VENDOR: u64 = 0x5445_5444; // "TETD"
+
+/// I/O port of the simulated transport (KVM without TDX): the guest loads the
+/// same registers as for `TDG.VP.VMCALL` and executes `out %al, $port`; the
+/// VMM sees a `KVM_EXIT_IO`, reads the registers, answers and writes them back.
+pub const SIM_HYPERCALL_PORT: u16 = 0x0e40;
+
+/// I/O port the guest writes its exit status to (one byte) to end the VM.
+pub const SIM_EXIT_PORT: u16 = 0x0e44;
+
+/// Register convention, identical for `TDG.VP.VMCALL` and the simulated port
+/// transport (it is the convention of Linux' `__tdx_hypercall`).
+///
+/// | register | in                     | out                          |
+/// |----------|------------------------|------------------------------|
+/// | R10      | [`TETD_VMCALL_VENDOR`] | status (0 = ok, else [`Error`] code) |
+/// | R11      | leaf ([`Leaf`])        | result 0                     |
+/// | R12      | argument 0             | result 1                     |
+/// | R13      | argument 1             | result 2                     |
+/// | R14      | argument 2             | —                            |
+/// | R15      | argument 3             | —                            |
+pub mod regs {
+    /// Arguments of one hypercall, as the guest loads them.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct HypercallArgs {
+        /// R11.
+        pub leaf: u64,
+        /// R12..R15.
+        pub args: [u64; 4],
+    }
+
+    /// What the host answers, as the guest reads it back.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct HypercallRet {
+        /// R10: 0 on success, else an [`super::Error`] code.
+        pub status: u64,
+        /// R11..R13.
+        pub results: [u64; 3],
+    }
+
+    impl HypercallRet {
+        /// A successful answer with the given results.
+        pub const fn ok(results: [u64; 3]) -> Self {
+            Self { status: 0, results }
+        }
+        /// A failed answer.
+        pub const fn err(e: super::Error) -> Self {
+            Self { status: e as u64, results: [0; 3] }
+        }
+        /// The answer as a Rust result.
+        pub fn into_result(self) -> Result<[u64; 3], super::Error> {
+            if self.status == 0 {
+                Ok(self.results)
+            } else {
+                Err(super::Error::from_code(self.status))
+            }
+        }
+    }
+}
+
+/// TETD hypercall leaves (value of R11 when R10 == [`TETD_VMCALL_VENDOR`]).
+///
+/// Arguments per leaf (R12..R15) and results (R11..R13) are documented in
+/// `docs/protocol.md`.
+#[repr(u64)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Leaf {
+    /// Register a loaded agent. args: `[agent_id, zone_pages, flags, measurement_gpa]`;
+    /// results: `[zone_gpa, zone_pages, 0]`. The host allocates the zone,
+    /// maps it into the TD and records the agent.
+    AgentAccess = 1,
+    /// About to run agent `id`. args: `[agent_id, vcpu, 0, 0]`. The host
+    /// checks the agent and state, unblocks the zone.
+    VmmEnter = 2,
+    /// The call of agent `id` finished. args: `[agent_id, vcpu, status, 0]`.
+    /// The host blocks the zone again (BLOCK + TRACK) and notifies.
+    VmmResume = 3,
+    /// Remove agent `id`: the host blocks, removes and frees its zone.
+    /// args: `[agent_id, 0, 0, 0]`.
+    AgentDisable = 4,
+    /// Re-enable an agent an admin disabled. args: `[agent_id, 0, 0, 0]`.
+    AgentEnable = 5,
+    /// Extend a measurement register. args: `[rtmr_index, digest_gpa, 0, 0]`
+    /// (the simulated host's model of TDG.MR.RTMR.EXTEND).
+    RtmrExtend = 6,
+    /// Report a fault inside an agent. args: `[agent_id, vector, address, 0]`.
+    AgentFault = 7,
+    /// Query the host's view of an agent. args `[agent_id, ..]`, results
+    /// `[state, calls, violations]`.
+    AgentQuery = 8,
+}
+
+impl Leaf {
+    /// All leaves, in numeric order.
+    pub const ALL: [Leaf; 8] = [
+        Leaf::AgentAccess,
+        Leaf::VmmEnter,
+        Leaf::VmmResume,
+        Leaf::AgentDisable,
+        Leaf::AgentEnable,
+        Leaf::RtmrExtend,
+        Leaf::AgentFault,
+        Leaf::AgentQuery,
+    ];
+
+    /// Decode R11.
+    pub fn from_u64(v: u64) -> Option<Leaf> {
+        Self::ALL.iter().copied().find(|l| *l as u64 == v)
+    }
+
+    /// Upper-case name as in the original prototype (`TDCALL_FN_...`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Leaf::AgentAccess => "AGENT_ACCESS",
+            Leaf::VmmEnter => "VMM_ENTER",
+            Leaf::VmmResume => "VMM_RESUME",
+            Leaf::AgentDisable => "AGENT_DISABLE",
+            Leaf::AgentEnable => "AGENT_ENABLE",
+            Leaf::RtmrExtend => "RTMR_EXTEND",
+            Leaf::AgentFault => "AGENT_FAULT",
+            Leaf::AgentQuery => "AGENT_QUERY",
+        }
+    }
+}
+
+/// Intel TDX leaf numbers the host side models or issues.
+///
+/// Sources: Linux `arch/x86/include/asm/shared/tdx.h` (TDCALL leaves),
+/// `arch/x86/virt/vmx/tdx/tdx.h` (SEAMCALL leaves), Intel TDX Module ABI
+/// specification (leaf tables and completion status codes).
+pub mod tdx {
+    /// TDG.VP.VMCALL: call the host VMM.
+    pub const TDG_VP_VMCALL: u64 = 0;
+    /// TDG.VP.INFO.
+    pub const TDG_VP_INFO: u64 = 1;
+    /// TDG.MR.RTMR.EXTEND.
+    pub const TDG_MR_RTMR_EXTEND: u64 = 2;
+    /// TDG.MR.REPORT.
+    pub const TDG_MR_REPORT: u64 = 4;
+    /// TDG.MEM.PAGE.ACCEPT.
+    pub const TDG_MEM_PAGE_ACCEPT: u64 = 6;
+
+    /// TDH.MEM.PAGE.AUG.
+    pub const TDH_MEM_PAGE_AUG: u64 = 6;
+    /// TDH.MEM.RANGE.BLOCK.
+    pub const TDH_MEM_RANGE_BLOCK: u64 = 7;
+    /// TDH.MEM.PAGE.REMOVE.
+    pub const TDH_MEM_PAGE_REMOVE: u64 = 29;
+    /// TDH.MEM.TRACK.
+    pub const TDH_MEM_TRACK: u64 = 38;
+    /// TDH.MEM.RANGE.UNBLOCK.
+    pub const TDH_MEM_RANGE_UNBLOCK: u64 = 39;
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+macro_rules! error_codes {
+    ($( $(#[$m:meta])* $name:ident = $val:literal => $text:literal, )*) => {
+        /// Every status TETD reports, with a stable number.
+        ///
+        /// 1..=99: agent call; 100..=199: image / loader; 200..=299: host
+        /// (hypercall); 300..=399: guest module / transport.
+        #[repr(u32)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Error {
+            $( $(#[$m])* $name = $val, )*
+        }
+
+        impl Error {
+            /// Every code, in numeric order.
+            pub const ALL: &'static [Error] = &[$(Error::$name,)*];
+
+            /// One-line description.
+            pub const fn description(self) -> &'static str {
+                match self { $( Error::$name => $text, )* }
+            }
+
+            /// Identifier-style name (`InvalidInput`).
+            pub const fn name(self) -> &'static str {
+                match self { $( Error::$name => stringify!($name), )* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // --- agent call ---
+    /// The input was malformed for this agent.
+    InvalidInput = 1 => "invalid input",
+    /// The input is larger than the agent's max_input.
+    InputTooLarge = 2 => "input larger than the agent's max_input",
+    /// The output does not fit the output buffer / max_output.
+    OutputTooLarge = 3 => "output larger than the agent's max_output",
+    /// The agent panicked; the call was aborted.
+    Panicked = 4 => "agent panicked",
+    /// The agent faulted (page fault, #GP, #UD, ...); the call was aborted.
+    Fault = 5 => "agent faulted",
+    /// The agent did not return before the watchdog fired.
+    Timeout = 6 => "agent timed out (watchdog)",
+    /// Permission denied (e.g. admin operation from a non-admin agent).
+    Denied = 7 => "permission denied",
+    /// No such agent / object.
+    NotFound = 8 => "not found",
+    /// An internal error of the runtime.
+    Internal = 9 => "internal error",
+    /// A cryptographic check failed (bad tag, replay, wrong key).
+    Crypto = 10 => "cryptographic check failed",
+    /// The operation is not supported here.
+    Unsupported = 11 => "operation not supported",
+    /// The agent is disabled.
+    Disabled = 12 => "agent is disabled",
+    /// The agent is busy (another call in progress).
+    Busy = 13 => "agent is busy",
+    /// Out of memory (heap, zone pool).
+    NoMemory = 14 => "out of memory",
+    /// The agent's own failure code.
+    AgentFailed = 15 => "agent reported failure",
+    /// The agent ran out of stack (hit the guard page).
+    StackOverflow = 16 => "agent overflowed its stack",
+
+    // --- image / loader ---
+    /// The file does not start with the image magic.
+    BadMagic = 100 => "not a TETD image (bad magic)",
+    /// Unsupported image format version.
+    BadVersion = 101 => "unsupported image format version",
+    /// The file ends before a structure it declares.
+    Truncated = 102 => "image truncated",
+    /// A header field is invalid.
+    BadHeader = 103 => "invalid image header",
+    /// The manifest is invalid.
+    BadManifest = 104 => "invalid manifest",
+    /// A segment is invalid (alignment, overlap, bounds).
+    BadSegment = 105 => "invalid segment",
+    /// A segment is both writable and executable.
+    WriteExecute = 106 => "segment is writable and executable",
+    /// A relocation is invalid.
+    BadRelocation = 107 => "invalid relocation",
+    /// The measurement does not match the content.
+    MeasurementMismatch = 108 => "measurement mismatch",
+    /// The signature block is malformed.
+    BadSignatureBlock = 109 => "malformed signature block",
+    /// The signature does not verify.
+    BadSignature = 110 => "signature invalid",
+    /// The signer is not in the allow-list.
+    SignerNotAllowed = 111 => "signer not allowed",
+    /// A signature is required but the image is unsigned.
+    Unsigned = 112 => "image is not signed",
+    /// Two agents (in one image or across loaded images) share an id.
+    DuplicateAgentId = 113 => "duplicate agent id",
+    /// The image or a region is too large.
+    TooLarge = 114 => "image too large",
+    /// An agent entry point lies outside executable memory.
+    BadEntry = 115 => "agent entry outside executable segment",
+
+    // --- host (hypercall) ---
+    /// R11 is not a TETD leaf.
+    UnknownLeaf = 200 => "unknown hypercall leaf",
+    /// The agent id is not registered with the host.
+    UnknownAgent = 201 => "agent not registered with the host",
+    /// The agent is in the wrong state for this leaf.
+    BadState = 202 => "agent in wrong state for this leaf",
+    /// VMM_ENTER while the agent is already running.
+    AlreadyRunning = 203 => "agent already running",
+    /// VMM_RESUME without a VMM_ENTER.
+    NotRunning = 204 => "agent not running",
+    /// An address or size is outside the allowed range.
+    OutOfRange = 205 => "address or size out of range",
+    /// The agent id is already registered.
+    AlreadyRegistered = 206 => "agent id already registered",
+    /// The caller does not own this agent (other TD / vCPU).
+    NotOwner = 207 => "caller does not own this agent",
+    /// A SEAM operation failed (see the host log for the TDX status).
+    SeamError = 208 => "SEAM operation failed",
+    /// The zone pool is exhausted.
+    ZoneExhausted = 209 => "secret-zone pool exhausted",
+    /// An argument of the hypercall is invalid.
+    InvalidArgument = 210 => "invalid hypercall argument",
+
+    // --- guest module / transport ---
+    /// The ioctl or request is malformed.
+    BadRequest = 300 => "malformed request",
+    /// The module has no room for another agent.
+    TableFull = 301 => "agent table full",
+    /// The hypercall transport failed.
+    Transport = 302 => "hypercall transport failure",
+}
+
+impl Error {
+    /// The numeric code.
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Decode a code; unknown codes map to [`Error::Internal`].
+    pub fn from_code(code: u64) -> Error {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|e| e.code() as u64 == code)
+            .unwrap_or(Error::Internal)
+    }
+
+    /// Decode a code, `None` for 0 (success) and unknown codes.
+    pub fn try_from_code(code: u64) -> Option<Error> {
+        Self::ALL.iter().copied().find(|e| e.code() as u64 == code)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (E{})", self.description(), self.code())
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
+
+// ---------------------------------------------------------------------------
+// Agents
+// ---------------------------------------------------------------------------
+
+/// How an agent runs.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Mode {
+    /// In the TD's normal kernel context; each call is bracketed by
+    /// VMM_ENTER / VMM_RESUME.
+    #[default]
+    Exclusive = 0,
+    /// In its secret zone: own page table, GDT and IDT, interrupts masked.
+    Collaborative = 1,
+}
+
+impl Mode {
+    /// Decode.
+    pub fn from_u32(v: u32) -> Option<Mode> {
+        match v {
+            0 => Some(Mode::Exclusive),
+            1 => Some(Mode::Collaborative),
+            _ => None,
+        }
+    }
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Collaborative => "collaborative",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Agent flag: the agent is privileged (may use admin services).
+pub const AGENT_FLAG_ADMIN: u32 = 1 << 0;
+/// Agent flag: arguments and results are encrypted (session required).
+pub const AGENT_FLAG_ENCRYPTED: u32 = 1 << 1;
+/// All defined agent flags.
+pub const AGENT_FLAGS_ALL: u32 = AGENT_FLAG_ADMIN | AGENT_FLAG_ENCRYPTED;
+
+/// Maximum length of an agent name in bytes (UTF-8, NUL padded).
+pub const AGENT_NAME_LEN: usize = 32;
+
+/// Magic of an [`AgentDescriptor`] ("TDAG").
+pub const DESCRIPTOR_MAGIC: u32 = 0x4741_4454;
+
+/// Name of the link section holding the agent descriptors.
+pub const DESCRIPTOR_SECTION: &str = ".tetd.agents";
+
+/// The entry-point type of every agent: the trampoline `#[tetd::agent]`
+/// emits. Returns 0 on success or an [`Error`] code.
+pub type AgentEntry = unsafe extern "C" fn(frame: *mut CallFrame) -> u32;
+
+/// One agent, as `#[tetd::agent]` places it in [`DESCRIPTOR_SECTION`].
+/// `tetd-pack` reads these from the linked ELF to build the manifest.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AgentDescriptor {
+    /// [`DESCRIPTOR_MAGIC`].
+    pub magic: u32,
+    /// [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// Agent id (non-zero).
+    pub id: u32,
+    /// [`Mode`] as u32, or `u32::MAX` for "from the package metadata".
+    pub mode: u32,
+    /// `AGENT_FLAG_*`.
+    pub flags: u32,
+    /// Max input in bytes, 0 = image default.
+    pub max_input: u32,
+    /// Max output in bytes, 0 = image default.
+    pub max_output: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// Name, UTF-8, NUL padded.
+    pub name: [u8; AGENT_NAME_LEN],
+    /// The trampoline.
+    pub entry: AgentEntry,
+}
+
+/// Byte size of an [`AgentDescriptor`] in the ELF section.
+pub const DESCRIPTOR_SIZE: usize = core::mem::size_of::<AgentDescriptor>();
+/// Offset of [`AgentDescriptor::entry`] within a descriptor.
+pub const DESCRIPTOR_ENTRY_OFFSET: usize = 64;
+const _: () = assert!(DESCRIPTOR_SIZE == 72);
+const _: () = assert!(core::mem::offset_of!(AgentDescriptor, entry) == DESCRIPTOR_ENTRY_OFFSET);
+
+/// Mode value in a descriptor meaning "take the mode from the package metadata".
+pub const MODE_FROM_MANIFEST: u32 = u32::MAX;
+
+/// Encode a name into the fixed descriptor field at compile time.
+pub const fn encode_name(name: &str) -> [u8; AGENT_NAME_LEN] {
+    let b = name.as_bytes();
+    assert!(b.len() <= AGENT_NAME_LEN, "agent name longer than 32 bytes");
+    let mut out = [0u8; AGENT_NAME_LEN];
+    let mut i = 0;
+    while i < b.len() {
+        out[i] = b[i];
+        i += 1;
+    }
+    out
+}
+
+/// Decode a NUL-padded name field; `None` if not UTF-8 or padding is not NUL.
+pub fn decode_name(raw: &[u8; AGENT_NAME_LEN]) -> Option<&str> {
+    let end = raw.iter().position(|&c| c == 0).unwrap_or(AGENT_NAME_LEN);
+    if raw[end..].iter().any(|&c| c != 0) {
+        return None;
+    }
+    core::str::from_utf8(&raw[..end]).ok()
+}
+
+/// What an agent entry receives. Filled by the runtime (simulator or guest
+/// module); `output_len` is written by the agent.
+#[repr(C)]
+#[derive(Debug)]
+pub struct CallFrame {
+    /// [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// Id of the agent being called.
+    pub agent_id: u32,
+    /// Input bytes.
+    pub input: *const u8,
+    /// Input length.
+    pub input_len: u64,
+    /// Output buffer.
+    pub output: *mut u8,
+    /// Output buffer capacity.
+    pub output_cap: u64,
+    /// Bytes written to `output` (set by the agent).
+    pub output_len: u64,
+    /// Runtime services; never null.
+    pub services: *const Services,
+    /// The agent's heap region (inside its zone).
+    pub heap: *mut u8,
+    /// Heap length in bytes.
+    pub heap_len: u64,
+    /// `CALL_FLAG_*`.
+    pub flags: u64,
+}
+
+/// Call flag: the call runs in collaborative mode (inside the secret zone).
+pub const CALL_FLAG_COLLABORATIVE: u64 = 1 << 0;
+/// Call flag: first call since load.
+pub const CALL_FLAG_FIRST: u64 = 1 << 1;
+
+/// Admin operations ([`Services::admin`]).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminOp {
+    /// List agents: output is an array of [`AgentInfo`].
+    List = 1,
+    /// Disable agent `arg`.
+    Disable = 2,
+    /// Enable agent `arg`.
+    Enable = 3,
+    /// Measurement of the image holding agent `arg` (48 bytes).
+    Measurement = 4,
+}
+
+impl AdminOp {
+    /// Decode.
+    pub fn from_u32(v: u32) -> Option<AdminOp> {
+        match v {
+            1 => Some(AdminOp::List),
+            2 => Some(AdminOp::Disable),
+            3 => Some(AdminOp::Enable),
+            4 => Some(AdminOp::Measurement),
+            _ => None,
+        }
+    }
+}
+
+/// One agent as the admin `List` operation reports it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentInfo {
+    /// Agent id.
+    pub id: u32,
+    /// [`Mode`] as u32.
+    pub mode: u32,
+    /// `AGENT_FLAG_*`.
+    pub flags: u32,
+    /// 1 = enabled, 0 = disabled.
+    pub enabled: u32,
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that failed.
+    pub failures: u64,
+    /// Name, NUL padded.
+    pub name: [u8; AGENT_NAME_LEN],
+}
+
+/// Size of one [`AgentInfo`] record.
+pub const AGENT_INFO_SIZE: usize = core::mem::size_of::<AgentInfo>();
+const _: () = assert!(AGENT_INFO_SIZE == 64);
+
+/// Services the runtime offers an agent. Plain function pointers: no dynamic
+/// linking, no kernel symbols. Every function gets `ctx` first.
+#[repr(C)]
+pub struct Services {
+    /// [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// `size_of::<Services>()` of the runtime (for forward compatibility).
+    pub size: u32,
+    /// Opaque runtime context.
+    pub ctx: *mut core::ffi::c_void,
+    /// Write a log line (UTF-8).
+    pub log: unsafe extern "C" fn(ctx: *mut core::ffi::c_void, msg: *const u8, len: usize),
+    /// Fill a buffer with random bytes. Returns 0 or an error code.
+    pub random: unsafe extern "C" fn(ctx: *mut core::ffi::c_void, buf: *mut u8, len: usize) -> u32,
+    /// Monotonic time in nanoseconds.
+    pub time_ns: unsafe extern "C" fn(ctx: *mut core::ffi::c_void) -> u64,
+    /// Abort the current call with `code`. Never returns.
+    pub abort: unsafe extern "C" fn(ctx: *mut core::ffi::c_void, code: u32) -> !,
+    /// Register an extra entry point with id `id` at run time.
+    pub register_entry: unsafe extern "C" fn(
+        ctx: *mut core::ffi::c_void,
+        id: u32,
+        name: *const u8,
+        name_len: usize,
+        entry: AgentEntry,
+    ) -> u32,
+    /// Admin operation ([`AdminOp`]); only admin agents may succeed.
+    pub admin: unsafe extern "C" fn(
+        ctx: *mut core::ffi::c_void,
+        op: u32,
+        arg: u64,
+        out: *mut u8,
+        out_cap: usize,
+        out_len: *mut usize,
+    ) -> u32,
+}
