@@ -38,6 +38,18 @@ pub const SIM_HYPERCALL_PORT: u16 = 0x0e40;
 /// I/O port the guest writes its exit status to (one byte) to end the VM.
 pub const SIM_EXIT_PORT: u16 = 0x0e44;
 
+/// Guest-physical base of the secret-zone window of the simulated host.
+///
+/// Zones live above the guest's RAM (and above the 32-bit PCI hole), in GPA
+/// space the guest kernel has no RAM, no `struct page` and no e820 entry for.
+/// The host backs a zone with its own memory slot only while the zone exists
+/// and takes the slot away while the zone is blocked, so a guest access to a
+/// blocked zone exits to the VMM (reported as a violation). The real-TDX path
+/// uses the same window for TDH.MEM.PAGE.AUG'ed pages.
+pub const ZONE_GPA_BASE: u64 = 0x1_0000_0000;
+/// Size of the secret-zone window (256 MiB).
+pub const ZONE_GPA_SIZE: u64 = 0x1000_0000;
+
 /// Register convention, identical for `TDG.VP.VMCALL` and the simulated port
 /// transport (it is the convention of Linux' `__tdx_hypercall`).
 ///
