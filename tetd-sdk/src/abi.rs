@@ -87,7 +87,10 @@ pub mod regs {
         }
         /// A failed answer.
         pub const fn err(e: super::Error) -> Self {
-            Self { status: e as u64, results: [0; 3] }
+            Self {
+                status: e as u64,
+                results: [0; 3],
+            }
         }
         /// The answer as a Rust result.
         pub fn into_result(self) -> Result<[u64; 3], super::Error> {
@@ -192,6 +195,167 @@ pub mod tdx {
     pub const TDH_MEM_TRACK: u64 = 38;
     /// TDH.MEM.RANGE.UNBLOCK.
     pub const TDH_MEM_RANGE_UNBLOCK: u64 = 39;
+
+    /// Number of runtime measurement registers (RTMR0..RTMR3); TDG.MR.RTMR.EXTEND
+    /// rejects `index >= NUM_RTMRS` with [`TDX_OPERAND_INVALID`]
+    /// (tdx-module `src/td_dispatcher/vm_exits/tdg_mr_rtmr_extend.c`).
+    pub const NUM_RTMRS: usize = 4;
+    /// Size of one RTMR and of the extension data (SHA-384 digest).
+    pub const RTMR_SIZE: usize = 48;
+
+    // --- Completion status codes (RAX after SEAMCALL / TDCALL) -------------
+    //
+    // Bits 63:32 are the status class, bits 31:0 carry details (usually the
+    // operand id, e.g. `| OPERAND_ID_RCX`); compare classes with
+    // `status & STATUS_MASK`. Bit 63 set = error; a status with bit 63 clear
+    // and non-zero class is a warning (e.g. TDX_GPA_RANGE_ALREADY_BLOCKED).
+    // Values: Intel TDX module `include/auto_gen/tdx_error_codes_defs.h`
+    // (TDX_1.5.01); the subset Linux uses is in
+    // `arch/x86/kvm/vmx/tdx_errno.h` (`TDX_SEAMCALL_STATUS_MASK` etc.).
+
+    /// Mask selecting the status class (Linux `TDX_SEAMCALL_STATUS_MASK`).
+    pub const STATUS_MASK: u64 = 0xFFFF_FFFF_0000_0000;
+    /// Bit 63: the status is an error.
+    pub const STATUS_ERROR_BIT: u64 = 1 << 63;
+    /// TDX_SUCCESS.
+    pub const TDX_SUCCESS: u64 = 0x0000_0000_0000_0000;
+    /// TDX_OPERAND_INVALID.
+    pub const TDX_OPERAND_INVALID: u64 = 0xC000_0100_0000_0000;
+    /// TDX_OPERAND_ADDR_RANGE_ERROR.
+    pub const TDX_OPERAND_ADDR_RANGE_ERROR: u64 = 0xC000_0101_0000_0000;
+    /// TDX_OPERAND_BUSY (a lock could not be taken; retry).
+    pub const TDX_OPERAND_BUSY: u64 = 0x8000_0200_0000_0000;
+    /// TDX_PREVIOUS_TLB_EPOCH_BUSY (TDH.MEM.TRACK: a vCPU still runs in the
+    /// previous TLB epoch).
+    pub const TDX_PREVIOUS_TLB_EPOCH_BUSY: u64 = 0x8000_0201_0000_0000;
+    /// TDX_PAGE_METADATA_INCORRECT (PAMT: e.g. the HPA given to AUG is not free).
+    pub const TDX_PAGE_METADATA_INCORRECT: u64 = 0xC000_0300_0000_0000;
+    /// TDX_EPT_WALK_FAILED (no Secure-EPT path down to the requested level).
+    pub const TDX_EPT_WALK_FAILED: u64 = 0xC000_0B00_0000_0000;
+    /// TDX_EPT_ENTRY_FREE.
+    pub const TDX_EPT_ENTRY_FREE: u64 = 0xC000_0B01_0000_0000;
+    /// TDX_EPT_ENTRY_NOT_FREE.
+    pub const TDX_EPT_ENTRY_NOT_FREE: u64 = 0xC000_0B02_0000_0000;
+    /// TDX_GPA_RANGE_NOT_BLOCKED (TDH.MEM.PAGE.REMOVE of an unblocked page).
+    pub const TDX_GPA_RANGE_NOT_BLOCKED: u64 = 0xC000_0B06_0000_0000;
+    /// TDX_GPA_RANGE_ALREADY_BLOCKED (warning class: bit 63 clear).
+    pub const TDX_GPA_RANGE_ALREADY_BLOCKED: u64 = 0x0000_0B07_0000_0000;
+    /// TDX_TLB_TRACKING_NOT_DONE (REMOVE / UNBLOCK before the blocking epoch
+    /// was tracked).
+    pub const TDX_TLB_TRACKING_NOT_DONE: u64 = 0xC000_0B08_0000_0000;
+    /// TDX_PAGE_ALREADY_ACCEPTED (warning class: TDG.MEM.PAGE.ACCEPT of a
+    /// mapped page).
+    pub const TDX_PAGE_ALREADY_ACCEPTED: u64 = 0x0000_0B0A_0000_0000;
+    /// TDX_PAGE_SIZE_MISMATCH.
+    pub const TDX_PAGE_SIZE_MISMATCH: u64 = 0xC000_0B0B_0000_0000;
+    /// TDX_EPT_ENTRY_STATE_INCORRECT (the Secure-EPT entry state does not
+    /// allow this leaf).
+    pub const TDX_EPT_ENTRY_STATE_INCORRECT: u64 = 0xC000_0B0D_0000_0000;
+
+    /// Operand id RCX in the low bits of a status (tdx-module
+    /// `OPERAND_ID_RCX`; Linux `TDX_OPERAND_ID_RCX`).
+    pub const OPERAND_ID_RCX: u64 = 0x01;
+    /// Operand id RDX.
+    pub const OPERAND_ID_RDX: u64 = 0x02;
+    /// Operand id R8.
+    pub const OPERAND_ID_R8: u64 = 0x08;
+    /// Operand id of the Secure-EPT tree (Linux `TDX_OPERAND_ID_SEPT`).
+    pub const OPERAND_ID_SEPT: u64 = 0x92;
+    /// Operand id of the TD epoch (Linux `TDX_OPERAND_ID_TD_EPOCH`).
+    pub const OPERAND_ID_TD_EPOCH: u64 = 0xA9;
+
+    /// Symbolic name of a status class (`status & STATUS_MASK`), for logs.
+    pub fn status_name(status: u64) -> &'static str {
+        match status & STATUS_MASK {
+            TDX_SUCCESS => "TDX_SUCCESS",
+            TDX_OPERAND_INVALID => "TDX_OPERAND_INVALID",
+            TDX_OPERAND_ADDR_RANGE_ERROR => "TDX_OPERAND_ADDR_RANGE_ERROR",
+            TDX_OPERAND_BUSY => "TDX_OPERAND_BUSY",
+            TDX_PREVIOUS_TLB_EPOCH_BUSY => "TDX_PREVIOUS_TLB_EPOCH_BUSY",
+            TDX_PAGE_METADATA_INCORRECT => "TDX_PAGE_METADATA_INCORRECT",
+            TDX_EPT_WALK_FAILED => "TDX_EPT_WALK_FAILED",
+            TDX_EPT_ENTRY_FREE => "TDX_EPT_ENTRY_FREE",
+            TDX_EPT_ENTRY_NOT_FREE => "TDX_EPT_ENTRY_NOT_FREE",
+            TDX_GPA_RANGE_NOT_BLOCKED => "TDX_GPA_RANGE_NOT_BLOCKED",
+            TDX_GPA_RANGE_ALREADY_BLOCKED => "TDX_GPA_RANGE_ALREADY_BLOCKED",
+            TDX_TLB_TRACKING_NOT_DONE => "TDX_TLB_TRACKING_NOT_DONE",
+            TDX_PAGE_ALREADY_ACCEPTED => "TDX_PAGE_ALREADY_ACCEPTED",
+            TDX_PAGE_SIZE_MISMATCH => "TDX_PAGE_SIZE_MISMATCH",
+            TDX_EPT_ENTRY_STATE_INCORRECT => "TDX_EPT_ENTRY_STATE_INCORRECT",
+            _ => "TDX_UNKNOWN_STATUS",
+        }
+    }
+}
+
+/// AGENT_ACCESS / AGENT_ENABLE argument 2 (R14) and result encoding.
+///
+/// R14 of AGENT_ACCESS carries the agent's flags and mode:
+/// bits 31:0 = `AGENT_FLAG_*`, bits 39:32 = [`Mode`] as u8, bits 63:40 = 0.
+/// Result 2 (R13) of AGENT_ACCESS / AGENT_ENABLE carries `ZONE_FLAG_*`.
+pub mod access {
+    use super::{Mode, AGENT_FLAGS_ALL};
+
+    /// Shift of the mode byte in R14.
+    pub const MODE_SHIFT: u32 = 32;
+    /// Bits of R14 that must be zero.
+    pub const RESERVED_MASK: u64 = !0u64 << 40;
+
+    /// Encode R14 for AGENT_ACCESS.
+    pub const fn encode(mode: Mode, flags: u32) -> u64 {
+        ((mode as u64) << MODE_SHIFT) | flags as u64
+    }
+
+    /// Decode R14; `None` if a reserved bit, an unknown flag or an unknown
+    /// mode is set.
+    pub fn decode(r14: u64) -> Option<(Mode, u32)> {
+        if r14 & RESERVED_MASK != 0 {
+            return None;
+        }
+        let flags = r14 as u32;
+        if flags & !AGENT_FLAGS_ALL != 0 {
+            return None;
+        }
+        let mode = Mode::from_u32(((r14 >> MODE_SHIFT) & 0xff) as u32)?;
+        Some((mode, flags))
+    }
+
+    /// Zone flag (result 2): the zone pages are still PENDING in the Secure
+    /// EPT; the guest must TDG.MEM.PAGE.ACCEPT each of them during its first
+    /// VMM_ENTER..VMM_RESUME window (real-TDX backend). Clear when the host
+    /// accepted on the guest's behalf (software model / KVM simulation).
+    pub const ZONE_FLAG_ACCEPT_REQUIRED: u64 = 1 << 0;
+}
+
+/// The host's view of an agent, as AGENT_QUERY reports it in result 0.
+#[repr(u64)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostAgentState {
+    /// Registered; its zone is blocked (no call in progress).
+    Idle = 1,
+    /// Between VMM_ENTER and VMM_RESUME; its zone is mapped.
+    Running = 2,
+    /// Disabled; its zone was removed and freed.
+    Disabled = 3,
+}
+
+impl HostAgentState {
+    /// Decode.
+    pub fn from_u64(v: u64) -> Option<Self> {
+        match v {
+            1 => Some(Self::Idle),
+            2 => Some(Self::Running),
+            3 => Some(Self::Disabled),
+            _ => None,
+        }
+    }
+    /// Lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Running => "running",
+            Self::Disabled => "disabled",
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ use crate::Result;
 static CURRENT: AtomicPtr<CallFrame> = AtomicPtr::new(core::ptr::null_mut());
 
 /// The frame of the call in progress, if any.
+#[cfg(feature = "agent")]
 pub(crate) fn current_frame() -> *mut CallFrame {
     CURRENT.load(Ordering::Acquire)
 }
@@ -65,7 +66,9 @@ impl<'a> Call<'a> {
         }
         // SAFETY: the runtime guarantees `output` is valid and exclusive for
         // `output_cap` bytes for the duration of the call.
-        unsafe { core::slice::from_raw_parts_mut(self.frame.output, self.frame.output_cap as usize) }
+        unsafe {
+            core::slice::from_raw_parts_mut(self.frame.output, self.frame.output_cap as usize)
+        }
     }
 
     /// Set how many bytes of the output buffer are the result.
@@ -139,7 +142,8 @@ impl<'a> Call<'a> {
         let mut len = 0usize;
         // SAFETY: function pointer provided by the runtime; out ptr/cap valid,
         // `len` is a valid place for the result length.
-        let code = unsafe { (s.admin)(s.ctx, op as u32, arg, out.as_mut_ptr(), out.len(), &mut len) };
+        let code =
+            unsafe { (s.admin)(s.ctx, op as u32, arg, out.as_mut_ptr(), out.len(), &mut len) };
         code_to_result(code)?;
         Ok(len.min(out.len()))
     }

@@ -32,7 +32,10 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         // SAFETY: CURRENT only ever holds the frame of the call in progress,
         // valid until `dispatch` returns (which a panic prevents).
         let services = unsafe { &*(*frame).services };
-        let mut buf = Buf { data: [0; 256], len: 0 };
+        let mut buf = Buf {
+            data: [0; 256],
+            len: 0,
+        };
         let _ = write!(buf, "agent panicked: {}", info);
         // SAFETY: runtime-provided function pointers; buf is valid for len.
         unsafe {
