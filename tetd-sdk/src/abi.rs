@@ -764,3 +764,240 @@ pub struct Services {
         out_len: *mut usize,
     ) -> u32,
 }
+
+// ---------------------------------------------------------------------------
+// Guest module ioctls (/dev/tetdg)
+// ---------------------------------------------------------------------------
+
+/// The `/dev/tetdg` ioctl interface between `tetdctl` (or any guest program)
+/// and the guest module `tetdg.ko`.
+///
+/// Every request struct is `repr(C)`, 8-byte aligned and has a `status` field
+/// the module fills with 0 or an [`Error`] code: an ioctl that could read and
+/// write back its request returns 0 and reports TETD failures in `status`; it
+/// returns `-EFAULT` only if the request itself cannot be copied, `-ENOTTY` for
+/// an unknown command. The C glue of the module never looks into these
+/// structs; it passes the command and the user pointer to the Rust part.
+pub mod ioctl {
+    use super::{AgentInfo, AGENT_INFO_SIZE};
+
+    /// The misc device.
+    pub const DEVICE_PATH: &str = "/dev/tetdg";
+    /// The module's text report.
+    pub const PROC_INFO_PATH: &str = "/proc/tetdg_info";
+
+    /// ioctl "type" byte of TETD (`_IOC_TYPE`).
+    pub const IOC_TYPE: u32 = 0xE7;
+
+    const IOC_WRITE: u32 = 1;
+    const IOC_READ: u32 = 2;
+
+    /// `_IOWR(IOC_TYPE, nr, size)` as Linux `asm-generic/ioctl.h` encodes it.
+    pub const fn iowr(nr: u32, size: usize) -> u32 {
+        assert!(size < (1 << 14));
+        ((IOC_READ | IOC_WRITE) << 30) | ((size as u32) << 16) | (IOC_TYPE << 8) | nr
+    }
+
+    /// Largest image `LOAD` accepts (bytes).
+    pub const MAX_IMAGE_SIZE: u64 = 64 << 20;
+    /// Largest input / output buffer of one `CALL` (bytes).
+    pub const MAX_IO_SIZE: u64 = 1 << 20;
+    /// Agent ids a `LOAD` reports back.
+    pub const LOAD_MAX_IDS: usize = 16;
+    /// Bytes of the human-readable detail message of a failed request.
+    pub const DETAIL_LEN: usize = 160;
+
+    /// `LOAD` flag: refuse unsigned images even if the module allows them.
+    pub const LOAD_FLAG_REQUIRE_SIGNED: u64 = 1 << 0;
+
+    /// `LOAD`: parse, verify and load an image; registers its agents.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct LoadRequest {
+        /// In: user address of the image bytes.
+        pub image: u64,
+        /// In: image length.
+        pub image_len: u64,
+        /// In: `LOAD_FLAG_*`.
+        pub flags: u64,
+        /// Out: 0 or an [`super::Error`] code.
+        pub status: u32,
+        /// Out: number of agents the image registered.
+        pub agent_count: u32,
+        /// Out: their ids (first [`LOAD_MAX_IDS`]).
+        pub agent_ids: [u32; LOAD_MAX_IDS],
+        /// Out: NUL-terminated detail of a failure (names the field/symbol).
+        pub detail: [u8; DETAIL_LEN],
+    }
+
+    /// [`CallRequest::mode`]: use the agent's own mode.
+    pub const MODE_AGENT_DEFAULT: u32 = u32::MAX;
+
+    /// `CALL`: run one agent.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct CallRequest {
+        /// In: agent id.
+        pub agent_id: u32,
+        /// In: [`super::Mode`] as u32 or [`MODE_AGENT_DEFAULT`].
+        pub mode: u32,
+        /// In: user address of the input.
+        pub input: u64,
+        /// In: input length.
+        pub input_len: u64,
+        /// In: user address of the output buffer.
+        pub output: u64,
+        /// In: output buffer capacity.
+        pub output_cap: u64,
+        /// Out: output bytes written.
+        pub output_len: u64,
+        /// Out: 0 or an [`super::Error`] code (the agent's or the runtime's).
+        pub status: u32,
+        /// Out: the mode the call ran in.
+        pub mode_used: u32,
+        /// Out: for [`super::Error::Fault`]: the exception vector.
+        pub fault_vector: u32,
+        /// Out: for a fault: the error code the CPU pushed (or 0).
+        pub fault_error: u32,
+        /// Out: for a fault: CR2 (page faults) or 0.
+        pub fault_addr: u64,
+        /// Out: for a fault: the faulting instruction's offset in the image.
+        pub fault_rip: u64,
+        /// Out: time the call took in the module (ns, including hypercalls).
+        pub elapsed_ns: u64,
+    }
+
+    /// `UNLOAD`: remove the image holding an agent (all its agents).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct UnloadRequest {
+        /// In: agent id.
+        pub agent_id: u32,
+        /// Out: 0 or an [`super::Error`] code.
+        pub status: u32,
+        /// Out: number of agents removed.
+        pub removed: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+
+    /// `LIST`: the loaded agents as [`AgentInfo`] records.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct ListRequest {
+        /// In: user address of an array of [`AgentInfo`].
+        pub buf: u64,
+        /// In: capacity of that array (records).
+        pub cap: u32,
+        /// Out: number of loaded agents (may exceed `cap`).
+        pub count: u32,
+        /// Out: 0 or an [`super::Error`] code.
+        pub status: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+    }
+
+    /// [`InfoRequest::transport`]: simulated port-I/O transport (KVM VMM).
+    pub const TRANSPORT_PORT: u32 = 0;
+    /// [`InfoRequest::transport`]: TDCALL(TDG.VP.VMCALL) (a real TD).
+    pub const TRANSPORT_TDCALL: u32 = 1;
+
+    /// `INFO`: facts about the module.
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct InfoRequest {
+        /// Out: [`super::ABI_VERSION`] of the module.
+        pub abi_version: u32,
+        /// Out: `TRANSPORT_*`.
+        pub transport: u32,
+        /// Out: loaded images.
+        pub images: u32,
+        /// Out: loaded agents.
+        pub agents: u32,
+        /// Out: zone bytes in use.
+        pub zone_bytes: u64,
+        /// Out: calls served since load.
+        pub calls: u64,
+        /// Out: faults caught since load.
+        pub faults: u64,
+        /// Out: 0 or an [`super::Error`] code.
+        pub status: u32,
+        /// Out: 1 if the test-only `TEST` ioctl is enabled (module parameter).
+        pub test_enabled: u32,
+        /// Out: module version, NUL padded.
+        pub version: [u8; 32],
+    }
+
+    /// `TEST`: exercise the call mechanisms with a built-in machine-code blob
+    /// (only when the module was loaded with `test_ioctl=1`).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct TestRequest {
+        /// In: `TEST_*`.
+        pub kind: u32,
+        /// In: [`super::Mode`] as u32.
+        pub mode: u32,
+        /// In: a value the blob works on.
+        pub arg: u64,
+        /// Out: what the blob returned (e.g. `arg * 3 + 1`).
+        pub result: u64,
+        /// Out: 0 or an [`super::Error`] code.
+        pub status: u32,
+        /// Out: fault vector (when `status` is [`super::Error::Fault`]).
+        pub fault_vector: u32,
+        /// Out: fault address (CR2) or 0.
+        pub fault_addr: u64,
+        /// Out: faulting instruction offset within the blob.
+        pub fault_rip: u64,
+    }
+
+    /// Test blob: compute `arg * 3 + 1` and return it through the call frame.
+    pub const TEST_COMPUTE: u32 = 1;
+    /// Test blob: execute `ud2` (#UD).
+    pub const TEST_UD: u32 = 2;
+    /// Test blob: write to its own (read-only, executable) code.
+    pub const TEST_WRITE_CODE: u32 = 3;
+    /// Test blob: read an address that is not mapped (#PF).
+    pub const TEST_READ_UNMAPPED: u32 = 4;
+    /// Test blob: call the `abort` service with code `arg`.
+    pub const TEST_ABORT: u32 = 5;
+    /// Test blob: read kernel memory (the IDT base) — faults in collaborative mode.
+    pub const TEST_READ_KERNEL: u32 = 6;
+
+    /// ioctl numbers.
+    pub const LOAD: u32 = iowr(1, core::mem::size_of::<LoadRequest>());
+    /// ioctl number of [`CallRequest`].
+    pub const CALL: u32 = iowr(2, core::mem::size_of::<CallRequest>());
+    /// ioctl number of [`UnloadRequest`].
+    pub const UNLOAD: u32 = iowr(3, core::mem::size_of::<UnloadRequest>());
+    /// ioctl number of [`ListRequest`].
+    pub const LIST: u32 = iowr(4, core::mem::size_of::<ListRequest>());
+    /// ioctl number of [`InfoRequest`].
+    pub const INFO: u32 = iowr(5, core::mem::size_of::<InfoRequest>());
+    /// ioctl number of [`TestRequest`].
+    pub const TEST: u32 = iowr(6, core::mem::size_of::<TestRequest>());
+
+    const _: () = assert!(core::mem::size_of::<LoadRequest>() == 256);
+    const _: () = assert!(core::mem::size_of::<CallRequest>() == 88);
+    const _: () = assert!(core::mem::size_of::<UnloadRequest>() == 16);
+    const _: () = assert!(core::mem::size_of::<ListRequest>() == 24);
+    const _: () = assert!(core::mem::size_of::<InfoRequest>() == 80);
+    const _: () = assert!(core::mem::size_of::<TestRequest>() == 48);
+    const _: () = assert!(core::mem::size_of::<AgentInfo>() == AGENT_INFO_SIZE);
+
+    /// Copy a string into a NUL-terminated fixed buffer (truncating).
+    pub fn set_detail(buf: &mut [u8; DETAIL_LEN], msg: &str) {
+        let n = msg.len().min(DETAIL_LEN - 1);
+        buf[..n].copy_from_slice(&msg.as_bytes()[..n]);
+        buf[n..].fill(0);
+    }
+
+    /// Read a NUL-terminated fixed buffer (lossy: stops at invalid UTF-8).
+    pub fn detail_str(buf: &[u8]) -> &str {
+        let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+        match core::str::from_utf8(&buf[..end]) {
+            Ok(s) => s,
+            Err(e) => core::str::from_utf8(&buf[..e.valid_up_to()]).unwrap_or(""),
+        }
+    }
+}
