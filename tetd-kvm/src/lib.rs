@@ -1,1 +1,15 @@
 //! TETD-H: host side of TETD-rs.
+
+pub mod host;
+pub mod leaves;
+pub mod notify;
+pub mod rtmr;
+pub mod seam;
+pub mod seam_model;
+pub mod zone_alloc;
+
+pub use host::{
+    AgentEntry, AgentId, AgentState, GuestReader, Host, HostError, TdConfig, TdId, TdState, Zone,
+};
+pub use seam::{SeamError, SeamOps, ZoneRange};
+pub use seam_model::SeptModel;
