@@ -6,6 +6,7 @@
 //! * [`abi`] — hypercall leaves, register convention, status/error codes,
 //!   the agent descriptor, the call frame and the services table;
 //! * [`image`] — the `.tetd` image format (parse, check, write);
+//! * [`verify`] — signature verification and the signer allow-list;
 //! * [`Call`] — the context an agent handler sees.
 //!
 //! Agents are written as
@@ -33,6 +34,7 @@ extern crate std;
 pub mod abi;
 mod call;
 pub mod image;
+pub mod verify;
 
 pub use abi::{Error, Mode};
 pub use call::Call;
