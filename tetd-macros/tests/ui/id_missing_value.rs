@@ -1,0 +1,6 @@
+#[tetd::agent(id)]
+fn handler(_ctx: &mut tetd::Call) -> tetd::Result<()> {
+    Ok(())
+}
+
+fn main() {}

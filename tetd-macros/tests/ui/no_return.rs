@@ -1,0 +1,4 @@
+#[tetd::agent(id = 1)]
+fn handler(_ctx: &mut tetd::Call) {}
+
+fn main() {}

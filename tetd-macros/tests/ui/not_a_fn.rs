@@ -1,0 +1,4 @@
+#[tetd::agent(id = 1)]
+struct Handler;
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[tetd::agent(id = 1)]
+static HANDLER: u32 = 0;
+
+fn main() {}
