@@ -920,6 +920,11 @@ impl<'a> Image<'a> {
             if s.perms & PERM_W != 0 && s.perms & PERM_X != 0 {
                 return Err(ImageError::WriteExecute { index: i });
             }
+            let entry = self.header.segtab_off as usize + i as usize * SEGMENT_ENTRY_SIZE;
+            let reserved = u32_at(self.bytes, entry + 28);
+            if reserved != 0 {
+                return Err(bad("reserved", reserved as u64, "must be 0"));
+            }
             prev_end = end;
         }
         Ok(())

@@ -811,3 +811,18 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn segment_entry_reserved_field_must_be_zero() {
+    // Every byte of the format is either checked or measured; reserved
+    // fields are both (so future versions can give them a meaning).
+    let mut b = sample().build().unwrap();
+    let segtab = Image::parse(&b).unwrap().header().segtab_off as usize;
+    b[segtab + SEGMENT_ENTRY_SIZE + 28] = 1;
+    let body_len = b.len();
+    let m = compute_measurement(&b[..body_len]);
+    b[MEASUREMENT_OFFSET..MEASUREMENT_OFFSET + MEASUREMENT_LEN].copy_from_slice(&m);
+    let e = Image::parse(&b).unwrap_err();
+    assert_eq!(e.code(), Error::BadSegment);
+    assert!(e.to_string().contains("reserved"), "{e}");
+}
