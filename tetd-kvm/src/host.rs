@@ -60,7 +60,10 @@ pub struct TdConfig {
 
 impl Default for TdConfig {
     fn default() -> Self {
-        TdConfig { max_zone_pages: 4096, max_agents: 256 }
+        TdConfig {
+            max_zone_pages: 4096,
+            max_agents: 256,
+        }
     }
 }
 
@@ -97,7 +100,11 @@ impl Zone {
     }
     /// The zone as the SEAM layer sees it.
     pub const fn range(&self) -> ZoneRange {
-        ZoneRange { gpa: self.gpa, hpa: self.host.host_addr, pages: self.host.pages }
+        ZoneRange {
+            gpa: self.gpa,
+            hpa: self.host.host_addr,
+            pages: self.host.pages,
+        }
     }
 }
 
@@ -301,7 +308,9 @@ impl<S: SeamOps> TdState<S> {
     /// Every live zone with its agent (for the VMM: GPA + host address per
     /// zone, to create / remove memory slots).
     pub fn zones(&self) -> impl Iterator<Item = (AgentId, Zone)> + '_ {
-        self.agents.values().filter_map(|a| a.zone.map(|z| (a.id, z)))
+        self.agents
+            .values()
+            .filter_map(|a| a.zone.map(|z| (a.id, z)))
     }
 
     /// The zone containing `gpa`, with its agent.
@@ -373,7 +382,15 @@ impl<S: SeamOps> TdState<S> {
     }
 
     pub(crate) fn publish(&self, kind: EventKind, agent: AgentId, vcpu: u32, arg0: u64, arg1: u64) {
-        self.notifier.publish(Event { seq: 0, td: self.td, kind, agent, vcpu, arg0, arg1 });
+        self.notifier.publish(Event {
+            seq: 0,
+            td: self.td,
+            kind,
+            agent,
+            vcpu,
+            arg0,
+            arg1,
+        });
     }
 
     /// Remove every zone through the SEAM layer (ending running calls
@@ -399,11 +416,19 @@ impl<S: SeamOps> Drop for TdState<S> {
     /// the pool (scrubbed) without per-page REMOVE.
     fn drop(&mut self) {
         let mut pool = lock_pool(&self.pool);
-        let zones: Vec<Zone> =
-            self.agents.values().filter_map(|a| a.zone).chain(self.leaked.drain(..)).collect();
+        let zones: Vec<Zone> = self
+            .agents
+            .values()
+            .filter_map(|a| a.zone)
+            .chain(self.leaked.drain(..))
+            .collect();
         for z in zones {
             if let Err(e) = pool.free(z.host) {
-                log::error!("td {}: returning zone {:#x} to the pool: {e}", self.td, z.gpa);
+                log::error!(
+                    "td {}: returning zone {:#x} to the pool: {e}",
+                    self.td,
+                    z.gpa
+                );
             }
         }
     }
@@ -419,7 +444,9 @@ pub struct Host<S: SeamOps = SeptModel> {
 
 impl<S: SeamOps> fmt::Debug for Host<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Host").field("tds", &self.tds.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Host")
+            .field("tds", &self.tds.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -454,7 +481,13 @@ impl<S: SeamOps> Host<S> {
         if self.tds.contains_key(&td) {
             return Err(HostError::TdExists(td));
         }
-        let st = TdState::new(td, seam, self.pool.clone(), self.notifier.clone(), self.td_config);
+        let st = TdState::new(
+            td,
+            seam,
+            self.pool.clone(),
+            self.notifier.clone(),
+            self.td_config,
+        );
         Ok(self.tds.entry(td).or_insert(st))
     }
 

@@ -48,7 +48,11 @@ fn agent_id(raw: u64) -> Result<AgentId, Error> {
 /// The part of a zone from `gpa` (a page inside it) to its end.
 fn suffix(z: &ZoneRange, gpa: u64) -> ZoneRange {
     let skip = (gpa.saturating_sub(z.gpa) / PAGE_SIZE).min(z.pages);
-    ZoneRange { gpa: z.gpa + skip * PAGE_SIZE, hpa: z.hpa + skip * PAGE_SIZE, pages: z.pages - skip }
+    ZoneRange {
+        gpa: z.gpa + skip * PAGE_SIZE,
+        hpa: z.hpa + skip * PAGE_SIZE,
+        pages: z.pages - skip,
+    }
 }
 
 impl<S: SeamOps> TdState<S> {
@@ -67,7 +71,12 @@ impl<S: SeamOps> TdState<S> {
             Leaf::AgentQuery => self.agent_query(&args),
         };
         if let Err(e) = r {
-            log::debug!("td {} vcpu {vcpu}: {} {:x?} -> {e}", self.td, leaf.name(), args.args);
+            log::debug!(
+                "td {} vcpu {vcpu}: {} {:x?} -> {e}",
+                self.td,
+                leaf.name(),
+                args.args
+            );
         }
         r
     }
@@ -109,7 +118,10 @@ impl<S: SeamOps> TdState<S> {
                 return Err(alloc_error(e));
             }
         };
-        Ok(Zone { gpa: ZONE_GPA_BASE + first * PAGE_SIZE, host })
+        Ok(Zone {
+            gpa: ZONE_GPA_BASE + first * PAGE_SIZE,
+            host,
+        })
     }
 
     /// Return a zone's GPA and pool pages (its pages are out of the Secure
@@ -120,7 +132,11 @@ impl<S: SeamOps> TdState<S> {
             log::error!("td {}: freeing zone GPA {:#x}: {e}", self.td, z.gpa);
         }
         if let Err(e) = lock_pool(&self.pool).free(z.host) {
-            log::error!("td {}: freeing zone pool pages {:#x}: {e}", self.td, z.host.host_addr);
+            log::error!(
+                "td {}: freeing zone pool pages {:#x}: {e}",
+                self.td,
+                z.host.host_addr
+            );
         }
     }
 
@@ -141,7 +157,11 @@ impl<S: SeamOps> TdState<S> {
         })();
         match res {
             Ok(()) => {
-                let flags = if host_accepts { 0 } else { ZONE_FLAG_ACCEPT_REQUIRED };
+                let flags = if host_accepts {
+                    0
+                } else {
+                    ZONE_FLAG_ACCEPT_REQUIRED
+                };
                 Ok((z, flags))
             }
             Err(e) => {
@@ -198,7 +218,9 @@ impl<S: SeamOps> TdState<S> {
                 // Another vCPU re-entered in the old epoch: one more round.
                 self.trouble.recovered += 1;
                 let rest = suffix(&r, e.gpa().unwrap_or(r.gpa));
-                self.seam.flush().and_then(|()| self.seam.remove_zone(&rest))
+                self.seam
+                    .flush()
+                    .and_then(|()| self.seam.remove_zone(&rest))
             }
             Err(e) => Err(e),
         };
@@ -228,7 +250,11 @@ impl<S: SeamOps> TdState<S> {
             }
             a.state = AgentState::Disabled;
             if let Some(z) = a.zone.take() {
-                log::error!("td {}: agent {id} quarantined, zone {:#x} leaked", self.td, z.gpa);
+                log::error!(
+                    "td {}: agent {id} quarantined, zone {:#x} leaked",
+                    self.td,
+                    z.gpa
+                );
                 self.leaked.push(z);
             }
         }
@@ -236,7 +262,9 @@ impl<S: SeamOps> TdState<S> {
 
     /// Disable `id` whatever its state (host-initiated: TD teardown).
     pub(crate) fn force_disable(&mut self, id: AgentId) -> Result<(), SeamError> {
-        let Some(a) = self.agents.get(&id) else { return Ok(()) };
+        let Some(a) = self.agents.get(&id) else {
+            return Ok(());
+        };
         let (state, zone) = (a.state, a.zone);
         if let AgentState::Running { vcpu } = state {
             self.running.remove(&vcpu);
@@ -327,7 +355,10 @@ impl<S: SeamOps> TdState<S> {
 
     fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> Result<(), Error> {
         let Some(g) = &self.guest else {
-            log::warn!("td {}: guest memory read at {gpa:#x} but no reader configured", self.td);
+            log::warn!(
+                "td {}: guest memory read at {gpa:#x} but no reader configured",
+                self.td
+            );
             return Err(Error::OutOfRange);
         };
         g.read(gpa, buf).map_err(|e| {
@@ -360,7 +391,9 @@ impl<S: SeamOps> TdState<S> {
                 Err(e) if e.is_class(tdx::TDX_TLB_TRACKING_NOT_DONE) => {
                     self.trouble.recovered += 1;
                     let rest = suffix(&r, e.gpa().unwrap_or(r.gpa));
-                    self.seam.flush().and_then(|()| self.seam.unblock_zone(&rest))
+                    self.seam
+                        .flush()
+                        .and_then(|()| self.seam.unblock_zone(&rest))
                 }
                 Err(e) => Err(e),
             };
@@ -480,7 +513,9 @@ impl<S: SeamOps> TdState<S> {
         }
         let mut d = [0u8; RTMR_SIZE];
         self.read_guest(gpa, &mut d)?;
-        self.rtmrs.extend(index, &d).map_err(|_| Error::OutOfRange)?;
+        self.rtmrs
+            .extend(index, &d)
+            .map_err(|_| Error::OutOfRange)?;
         Ok([0, 0, 0])
     }
 

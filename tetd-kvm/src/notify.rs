@@ -146,7 +146,10 @@ pub struct Notifier {
 impl fmt::Debug for Notifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Notifier")
-            .field("subscriptions", &self.subs.lock().map(|s| s.len()).unwrap_or(0))
+            .field(
+                "subscriptions",
+                &self.subs.lock().map(|s| s.len()).unwrap_or(0),
+            )
             .field("published", &self.seq.load(Ordering::Relaxed))
             .finish()
     }
@@ -167,7 +170,10 @@ impl Notifier {
             capacity: capacity.max(1),
             dropped: AtomicU64::new(0),
         });
-        self.subs.lock().unwrap_or_else(|p| p.into_inner()).push(inner.clone());
+        self.subs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(inner.clone());
         Ok(Subscription { inner })
     }
 
@@ -236,7 +242,11 @@ impl Subscription {
     /// Wait up to `timeout` for the eventfd to become readable (`poll(2)`),
     /// then [`Self::recv`].
     pub fn recv_timeout(&self, timeout: Duration) -> io::Result<Vec<Event>> {
-        let mut pfd = libc::pollfd { fd: self.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         loop {
             // SAFETY: one valid pollfd on our own eventfd.
@@ -281,7 +291,9 @@ pub struct UringConsumer {
 
 impl fmt::Debug for UringConsumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UringConsumer").field("in_flight", &self.in_flight).finish()
+        f.debug_struct("UringConsumer")
+            .field("in_flight", &self.in_flight)
+            .finish()
     }
 }
 

@@ -21,7 +21,10 @@ pub struct Rtmrs {
 
 impl Default for Rtmrs {
     fn default() -> Self {
-        Rtmrs { regs: [[0; RTMR_SIZE]; NUM_RTMRS], extends: [0; NUM_RTMRS] }
+        Rtmrs {
+            regs: [[0; RTMR_SIZE]; NUM_RTMRS],
+            extends: [0; NUM_RTMRS],
+        }
     }
 }
 
@@ -44,8 +47,15 @@ impl Rtmrs {
     }
 
     /// `RTMR[index] = SHA-384(RTMR[index] || digest)`; returns the new value.
-    pub fn extend(&mut self, index: u64, digest: &Measurement) -> Result<Measurement, BadRtmrIndex> {
-        let i = usize::try_from(index).ok().filter(|i| *i < NUM_RTMRS).ok_or(BadRtmrIndex(index))?;
+    pub fn extend(
+        &mut self,
+        index: u64,
+        digest: &Measurement,
+    ) -> Result<Measurement, BadRtmrIndex> {
+        let i = usize::try_from(index)
+            .ok()
+            .filter(|i| *i < NUM_RTMRS)
+            .ok_or(BadRtmrIndex(index))?;
         self.regs[i] = extend_value(&self.regs[i], digest);
         self.extends[i] += 1;
         Ok(self.regs[i])
@@ -73,7 +83,9 @@ pub fn extend_value(old: &Measurement, digest: &Measurement) -> Measurement {
 /// The value a register reaches from zero after extending `digests` in
 /// order (what a verifier recomputes from an event log).
 pub fn replay<'a>(digests: impl IntoIterator<Item = &'a Measurement>) -> Measurement {
-    digests.into_iter().fold([0; RTMR_SIZE], |acc, d| extend_value(&acc, d))
+    digests
+        .into_iter()
+        .fold([0; RTMR_SIZE], |acc, d| extend_value(&acc, d))
 }
 
 #[cfg(test)]

@@ -192,14 +192,26 @@ impl SeamError {
 impl fmt::Display for SeamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SeamError::Tdx { op, gpa: Some(g), status } => {
+            SeamError::Tdx {
+                op,
+                gpa: Some(g),
+                status,
+            } => {
                 write!(f, "{op} gpa {g:#x}: {status}")
             }
-            SeamError::Tdx { op, gpa: None, status } => write!(f, "{op}: {status}"),
+            SeamError::Tdx {
+                op,
+                gpa: None,
+                status,
+            } => write!(f, "{op}: {status}"),
             SeamError::EptViolation { gpa } => {
                 write!(f, "TDG.MEM.PAGE.ACCEPT gpa {gpa:#x}: EPT violation TD exit")
             }
-            SeamError::Backend { op, gpa: Some(g), msg } => write!(f, "{op} gpa {g:#x}: {msg}"),
+            SeamError::Backend {
+                op,
+                gpa: Some(g),
+                msg,
+            } => write!(f, "{op} gpa {g:#x}: {msg}"),
             SeamError::Backend { op, gpa: None, msg } => write!(f, "{op}: {msg}"),
         }
     }

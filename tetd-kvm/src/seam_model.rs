@@ -261,7 +261,10 @@ impl SeptModel {
             rc[(*epoch & 1) as usize] += 1;
         }
         if rc != self.refcount {
-            return Err(format!("REFCOUNT {:?} but running vCPUs give {rc:?}", self.refcount));
+            return Err(format!(
+                "REFCOUNT {:?} but running vCPUs give {rc:?}",
+                self.refcount
+            ));
         }
         Ok(())
     }
@@ -278,7 +281,11 @@ impl SeptModel {
 
     fn fail(&mut self, op: SeamOp, gpa: Option<Gpa>, class: u64, operand: u64) -> SeamError {
         self.stats.failed += 1;
-        SeamError::Tdx { op, gpa, status: TdxStatus::with_operand(class, operand) }
+        SeamError::Tdx {
+            op,
+            gpa,
+            status: TdxStatus::with_operand(class, operand),
+        }
     }
 
     /// `verify_page_info_input` + GPA validity (private, within GPAW) +
@@ -319,7 +326,14 @@ impl SeamOps for SeptModel {
             ));
         }
         // sept_set_leaf(..., SEPT_STATE_PEND_MASK); PAMT.BEPOCH = 0.
-        self.entries.insert(gpa, Entry { state: SeptState::Pending, hpa, bepoch: 0 });
+        self.entries.insert(
+            gpa,
+            Entry {
+                state: SeptState::Pending,
+                hpa,
+                bepoch: 0,
+            },
+        );
         self.pamt.insert(hpa, gpa);
         self.stats.aug += 1;
         Ok(())
@@ -381,7 +395,10 @@ impl SeamOps for SeptModel {
                 tdx::OPERAND_ID_SEPT,
             ));
         }
-        self.entries.get_mut(&gpa).expect("blocked entry exists").state = new;
+        self.entries
+            .get_mut(&gpa)
+            .expect("blocked entry exists")
+            .state = new;
         self.stats.unblock += 1;
         Ok(())
     }
@@ -409,10 +426,20 @@ impl SeamOps for SeptModel {
         };
         // The TD is RUNNABLE: op_state_is_tlb_tracking_required() holds.
         if !e.state.is_blocked() {
-            return Err(self.fail(op, Some(gpa), tdx::TDX_GPA_RANGE_NOT_BLOCKED, tdx::OPERAND_ID_RCX));
+            return Err(self.fail(
+                op,
+                Some(gpa),
+                tdx::TDX_GPA_RANGE_NOT_BLOCKED,
+                tdx::OPERAND_ID_RCX,
+            ));
         }
         if !self.is_tlb_tracked(e.bepoch) {
-            return Err(self.fail(op, Some(gpa), tdx::TDX_TLB_TRACKING_NOT_DONE, tdx::OPERAND_ID_RCX));
+            return Err(self.fail(
+                op,
+                Some(gpa),
+                tdx::TDX_TLB_TRACKING_NOT_DONE,
+                tdx::OPERAND_ID_RCX,
+            ));
         }
         self.entries.remove(&gpa);
         self.pamt.remove(&e.hpa);
@@ -428,16 +455,16 @@ impl SeamOps for SeptModel {
         }
         match self.state(gpa) {
             SeptState::Pending => {
-                self.entries.get_mut(&gpa).expect("pending entry exists").state =
-                    SeptState::Mapped;
+                self.entries
+                    .get_mut(&gpa)
+                    .expect("pending entry exists")
+                    .state = SeptState::Mapped;
                 self.stats.accept += 1;
                 Ok(())
             }
             // api_error_with_operand_id(TDX_PAGE_ALREADY_ACCEPTED, ept_level),
             // ept_level 0 = 4 KiB.
-            SeptState::Mapped => {
-                Err(self.fail(op, Some(gpa), tdx::TDX_PAGE_ALREADY_ACCEPTED, 0))
-            }
+            SeptState::Mapped => Err(self.fail(op, Some(gpa), tdx::TDX_PAGE_ALREADY_ACCEPTED, 0)),
             // Walk failure, FREE, *BLOCKED: TDACCEPT_VIOLATION.
             _ => {
                 self.stats.failed += 1;
@@ -480,7 +507,10 @@ mod tests {
     const H: Hpa = 0x7f00_0000_0000;
 
     fn class(r: SeamResult<impl std::fmt::Debug>) -> u64 {
-        r.expect_err("expected failure").status().expect("TDX status").class()
+        r.expect_err("expected failure")
+            .status()
+            .expect("TDX status")
+            .class()
     }
 
     #[test]
@@ -513,7 +543,10 @@ mod tests {
         assert_eq!(class(m.page_aug(1 << 47, H)), tdx::TDX_OPERAND_INVALID);
         assert_eq!(class(m.page_aug(G, H + 8)), tdx::TDX_OPERAND_INVALID);
         m.page_aug(G, H).unwrap();
-        assert_eq!(class(m.page_aug(G, H + PAGE_SIZE)), tdx::TDX_EPT_ENTRY_STATE_INCORRECT);
+        assert_eq!(
+            class(m.page_aug(G, H + PAGE_SIZE)),
+            tdx::TDX_EPT_ENTRY_STATE_INCORRECT
+        );
         // One host page cannot back two GPAs.
         let e = m.page_aug(G + PAGE_SIZE, H).unwrap_err();
         assert_eq!(
@@ -530,17 +563,29 @@ mod tests {
         m.range_block(G).unwrap(); // PENDING -> PENDING_BLOCKED
         assert_eq!(m.state(G), SeptState::PendingBlocked);
         let e = m.range_block(G).unwrap_err();
-        assert_eq!(e.status().unwrap().class(), tdx::TDX_GPA_RANGE_ALREADY_BLOCKED);
-        assert!(!e.status().unwrap().is_error(), "ALREADY_BLOCKED is a warning");
+        assert_eq!(
+            e.status().unwrap().class(),
+            tdx::TDX_GPA_RANGE_ALREADY_BLOCKED
+        );
+        assert!(
+            !e.status().unwrap().is_error(),
+            "ALREADY_BLOCKED is a warning"
+        );
     }
 
     #[test]
     fn unblock_needs_tracking() {
         let mut m = SeptModel::new();
-        assert_eq!(class(m.range_unblock(G)), tdx::TDX_EPT_ENTRY_STATE_INCORRECT);
+        assert_eq!(
+            class(m.range_unblock(G)),
+            tdx::TDX_EPT_ENTRY_STATE_INCORRECT
+        );
         m.page_aug(G, H).unwrap();
         m.page_accept(G).unwrap();
-        assert_eq!(class(m.range_unblock(G)), tdx::TDX_EPT_ENTRY_STATE_INCORRECT);
+        assert_eq!(
+            class(m.range_unblock(G)),
+            tdx::TDX_EPT_ENTRY_STATE_INCORRECT
+        );
         m.range_block(G).unwrap();
         let e = m.range_unblock(G).unwrap_err();
         assert_eq!(
@@ -594,7 +639,10 @@ mod tests {
         assert_eq!(class(m.range_unblock(G)), tdx::TDX_TLB_TRACKING_NOT_DONE);
         // A second TRACK must wait for vCPU 0 to leave epoch 1.
         let e = m.track().unwrap_err();
-        assert_eq!(e.status().unwrap(), TdxStatus(tdx::TDX_PREVIOUS_TLB_EPOCH_BUSY));
+        assert_eq!(
+            e.status().unwrap(),
+            TdxStatus(tdx::TDX_PREVIOUS_TLB_EPOCH_BUSY)
+        );
         m.vcpu_exit(0);
         assert!(m.is_tracked(G));
         assert!(!m.guest_may_access(G));
@@ -639,7 +687,10 @@ mod tests {
         m.page_aug(G, H).unwrap();
         m.page_accept(G).unwrap();
         let e = m.page_accept(G).unwrap_err();
-        assert_eq!(e.status().unwrap(), TdxStatus(tdx::TDX_PAGE_ALREADY_ACCEPTED));
+        assert_eq!(
+            e.status().unwrap(),
+            TdxStatus(tdx::TDX_PAGE_ALREADY_ACCEPTED)
+        );
         assert!(!e.status().unwrap().is_error());
         m.range_block(G).unwrap();
         assert_eq!(m.page_accept(G), Err(SeamError::EptViolation { gpa: G }));

@@ -56,7 +56,11 @@ impl fmt::Display for AllocError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AllocError::ZeroSize => f.write_str("zero-page allocation"),
-            AllocError::Exhausted { requested, free, largest } => {
+            AllocError::Exhausted {
+                requested,
+                free,
+                largest,
+            } => {
                 write!(
                     f,
                     "no run of {requested} contiguous pages ({free} free, largest run {largest})"
@@ -137,7 +141,10 @@ impl ContigAllocator {
 
     /// Free the allocation starting at `start`; returns its length.
     pub fn free(&mut self, start: u64) -> Result<u64, AllocError> {
-        let len = self.allocated.remove(&start).ok_or(AllocError::NotAllocated { start })?;
+        let len = self
+            .allocated
+            .remove(&start)
+            .ok_or(AllocError::NotAllocated { start })?;
         let mut new_start = start;
         let mut new_len = len;
         // Coalesce with the run ending right before.
@@ -212,7 +219,9 @@ impl ContigAllocator {
         let mut prev_free = false;
         for (s, l, is_free) in spans {
             if s != at {
-                return Err(format!("gap or overlap at page {at} (next span starts at {s})"));
+                return Err(format!(
+                    "gap or overlap at page {at} (next span starts at {s})"
+                ));
             }
             if l == 0 {
                 return Err(format!("empty span at {s}"));
@@ -227,13 +236,19 @@ impl ContigAllocator {
             return Err(format!("spans end at {at}, total {}", self.total));
         }
         if self.free_by_size.len() != self.free_by_start.len()
-            || self.free_by_size.iter().any(|(l, s)| self.free_by_start.get(s) != Some(l))
+            || self
+                .free_by_size
+                .iter()
+                .any(|(l, s)| self.free_by_start.get(s) != Some(l))
         {
             return Err("size index disagrees with start index".into());
         }
         let free: u64 = self.free_by_start.values().sum();
         if free != self.free_pages {
-            return Err(format!("free count {} but runs sum to {free}", self.free_pages));
+            return Err(format!(
+                "free count {} but runs sum to {free}",
+                self.free_pages
+            ));
         }
         Ok(())
     }
@@ -295,7 +310,10 @@ impl HostPool {
     /// memory is committed only when touched).
     pub fn new(pages: u64) -> io::Result<HostPool> {
         if pages == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "zone pool of 0 pages"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "zone pool of 0 pages",
+            ));
         }
         let len = pages
             .checked_mul(PAGE_SIZE)
@@ -318,7 +336,11 @@ impl HostPool {
         }
         let base = NonNull::new(p.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
-        Ok(HostPool { base, pages, alloc: ContigAllocator::new(pages) })
+        Ok(HostPool {
+            base,
+            pages,
+            alloc: ContigAllocator::new(pages),
+        })
     }
 
     /// Host address of the pool's first byte.
@@ -339,14 +361,23 @@ impl HostPool {
     /// Allocate `pages` contiguous pages.
     pub fn alloc(&mut self, pages: u64) -> Result<HostRange, AllocError> {
         let first_page = self.alloc.alloc(pages)?;
-        Ok(HostRange { first_page, pages, host_addr: self.base_addr() + first_page * PAGE_SIZE })
+        Ok(HostRange {
+            first_page,
+            pages,
+            host_addr: self.base_addr() + first_page * PAGE_SIZE,
+        })
     }
 
     /// Scrub and free a range returned by [`Self::alloc`].
     pub fn free(&mut self, range: HostRange) -> Result<(), AllocError> {
-        let live = self.alloc.allocations().any(|(s, l)| s == range.first_page && l == range.pages);
+        let live = self
+            .alloc
+            .allocations()
+            .any(|(s, l)| s == range.first_page && l == range.pages);
         if !live || range.host_addr != self.base_addr() + range.first_page * PAGE_SIZE {
-            return Err(AllocError::NotAllocated { start: range.first_page });
+            return Err(AllocError::NotAllocated {
+                start: range.first_page,
+            });
         }
         self.scrub(range.first_page, range.pages);
         self.alloc.free(range.first_page)?;
@@ -359,9 +390,8 @@ impl HostPool {
         // SAFETY: [off, off+len) lies inside the mapping (it was a live
         // allocation). MADV_DONTNEED on a private anonymous mapping drops the
         // pages; later reads see zero-filled pages.
-        let rc = unsafe {
-            libc::madvise(self.base.as_ptr().add(off).cast(), len, libc::MADV_DONTNEED)
-        };
+        let rc =
+            unsafe { libc::madvise(self.base.as_ptr().add(off).cast(), len, libc::MADV_DONTNEED) };
         if rc != 0 {
             // Cannot fail for a valid private anonymous range; if it does,
             // zero explicitly so no secret survives.
@@ -427,8 +457,8 @@ mod tests {
         let z = a.alloc(30).unwrap();
         assert_eq!((x, y, z), (0, 10, 30));
         a.free(y).unwrap(); // hole of 20 at 10
-        // Best fit: a 15-page request goes into the 20-page hole, not the
-        // 40-page tail.
+                            // Best fit: a 15-page request goes into the 20-page hole, not the
+                            // 40-page tail.
         assert_eq!(a.alloc(15).unwrap(), 10);
         a.check().unwrap();
         a.free(10).unwrap();
@@ -445,13 +475,24 @@ mod tests {
         let starts: Vec<u64> = (0..8).map(|_| a.alloc(1).unwrap()).collect();
         assert_eq!(
             a.alloc(1),
-            Err(AllocError::Exhausted { requested: 1, free: 0, largest: 0 })
+            Err(AllocError::Exhausted {
+                requested: 1,
+                free: 0,
+                largest: 0
+            })
         );
         for s in starts.iter().step_by(2) {
             a.free(*s).unwrap();
         }
         let e = a.alloc(2).unwrap_err();
-        assert_eq!(e, AllocError::Exhausted { requested: 2, free: 4, largest: 1 });
+        assert_eq!(
+            e,
+            AllocError::Exhausted {
+                requested: 2,
+                free: 4,
+                largest: 1
+            }
+        );
         assert!(e.is_fragmentation());
         assert!(a.fragmentation() > 0.7);
         assert_eq!(a.alloc(0), Err(AllocError::ZeroSize));
@@ -460,7 +501,11 @@ mod tests {
         let mut b = ContigAllocator::new(8);
         b.alloc(3).unwrap();
         assert_eq!(b.free(1), Err(AllocError::NotAllocated { start: 1 }));
-        assert_eq!(a.free(0), Err(AllocError::NotAllocated { start: 0 }), "double free");
+        assert_eq!(
+            a.free(0),
+            Err(AllocError::NotAllocated { start: 0 }),
+            "double free"
+        );
         a.check().unwrap();
     }
 

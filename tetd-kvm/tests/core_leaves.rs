@@ -5,7 +5,10 @@ mod core_common;
 
 use core_common::*;
 use tetd::abi::regs::HypercallArgs;
-use tetd::abi::{access, Error, HostAgentState, Leaf, Mode, AGENT_FLAG_ADMIN, PAGE_SIZE, ZONE_GPA_BASE, ZONE_GPA_SIZE};
+use tetd::abi::{
+    access, Error, HostAgentState, Leaf, Mode, AGENT_FLAG_ADMIN, PAGE_SIZE, ZONE_GPA_BASE,
+    ZONE_GPA_SIZE,
+};
 use tetd_kvm::seam::{SeamOp, SeamOps};
 use tetd_kvm::seam_model::{SeptModel, SeptState};
 use tetd_kvm::{AgentState, Host, HostError, TdConfig, TdState};
@@ -70,7 +73,10 @@ fn life_cycle_drives_the_secure_ept() {
     assert_eq!(td.agent(7).unwrap().state, AgentState::Disabled);
     assert_eq!(td.seam().page_count(), 0, "all zone pages removed");
     let st = td.seam().stats();
-    assert_eq!((st.aug, st.accept, st.block, st.unblock, st.remove), (4, 4, 12, 8, 4));
+    assert_eq!(
+        (st.aug, st.accept, st.block, st.unblock, st.remove),
+        (4, 4, 12, 8, 4)
+    );
     assert_eq!(st.failed, 0);
     assert_eq!(td.gpa_allocator().free_pages(), ZONE_GPA_SIZE / PAGE_SIZE);
     check_td(td).unwrap();
@@ -82,7 +88,13 @@ fn unknown_leaves() {
     let mut h = host();
     let td = td1(&mut h);
     for leaf in [0u64, 9, 0x10001, u64::MAX] {
-        let r = td.handle(0, HypercallArgs { leaf, args: [1, 1, 0, 0] });
+        let r = td.handle(
+            0,
+            HypercallArgs {
+                leaf,
+                args: [1, 1, 0, 0],
+            },
+        );
         assert_eq!(r.into_result(), Err(Error::UnknownLeaf), "leaf {leaf}");
     }
 }
@@ -93,18 +105,22 @@ fn access_argument_errors() {
     let td = td1(&mut h);
     let coll = access::encode(Mode::Collaborative, 0);
     let cases: &[([u64; 4], Error)] = &[
-        ([0, 1, coll, 0], Error::InvalidArgument),                      // id 0
-        ([1 << 32, 1, coll, 0], Error::InvalidArgument),                // id > u32
-        ([1, 1, 2 << 32, 0], Error::InvalidArgument),                   // unknown mode
-        ([1, 1, coll | 0x8000_0000, 0], Error::InvalidArgument),        // unknown flag
-        ([1, 1, coll | (1 << 40), 0], Error::InvalidArgument),          // reserved bit
-        ([1, 0, coll, 0], Error::OutOfRange),                           // empty zone
-        ([1, 4097, coll, 0], Error::OutOfRange),                        // > max_zone_pages
+        ([0, 1, coll, 0], Error::InvalidArgument),       // id 0
+        ([1 << 32, 1, coll, 0], Error::InvalidArgument), // id > u32
+        ([1, 1, 2 << 32, 0], Error::InvalidArgument),    // unknown mode
+        ([1, 1, coll | 0x8000_0000, 0], Error::InvalidArgument), // unknown flag
+        ([1, 1, coll | (1 << 40), 0], Error::InvalidArgument), // reserved bit
+        ([1, 0, coll, 0], Error::OutOfRange),            // empty zone
+        ([1, 4097, coll, 0], Error::OutOfRange),         // > max_zone_pages
         ([1, u64::MAX, coll, 0], Error::OutOfRange),
-        ([1, 1, coll, 0x1000], Error::OutOfRange),                      // no guest reader
+        ([1, 1, coll, 0x1000], Error::OutOfRange), // no guest reader
     ];
     for (args, err) in cases {
-        assert_eq!(call(td, 0, Leaf::AgentAccess, *args), Err(*err), "{args:x?}");
+        assert_eq!(
+            call(td, 0, Leaf::AgentAccess, *args),
+            Err(*err),
+            "{args:x?}"
+        );
     }
     assert_eq!(td.agents().count(), 0);
     assert_eq!(td.seam().page_count(), 0);
@@ -119,13 +135,31 @@ fn access_records_mode_flags_measurement() {
     let meas = [0x5au8; 48];
     ram.write(0x2000, &meas);
     td.set_guest_reader(ram.reader());
-    let r = call(td, 3, Leaf::AgentAccess, [9, 2, access::encode(Mode::Collaborative, AGENT_FLAG_ADMIN), 0x2000]);
+    let r = call(
+        td,
+        3,
+        Leaf::AgentAccess,
+        [
+            9,
+            2,
+            access::encode(Mode::Collaborative, AGENT_FLAG_ADMIN),
+            0x2000,
+        ],
+    );
     assert!(r.is_ok());
     let a = td.agent(9).unwrap();
-    assert_eq!((a.mode, a.flags, a.registered_by), (Mode::Collaborative, AGENT_FLAG_ADMIN, 3));
+    assert_eq!(
+        (a.mode, a.flags, a.registered_by),
+        (Mode::Collaborative, AGENT_FLAG_ADMIN, 3)
+    );
     assert_eq!(a.measurement, Some(meas));
     // Unreadable measurement (past guest RAM): nothing registered.
-    let r = call(td, 0, Leaf::AgentAccess, [10, 2, access::encode(Mode::Collaborative, 0), 0xfff0]);
+    let r = call(
+        td,
+        0,
+        Leaf::AgentAccess,
+        [10, 2, access::encode(Mode::Collaborative, 0), 0xfff0],
+    );
     assert_eq!(r, Err(Error::OutOfRange));
     assert!(td.agent(10).is_none());
 }
@@ -134,13 +168,22 @@ fn access_records_mode_flags_measurement() {
 fn exclusive_agent_without_zone() {
     let mut h = host();
     let td = td1(&mut h);
-    let r = call(td, 0, Leaf::AgentAccess, [5, 0, access::encode(Mode::Exclusive, 0), 0]).unwrap();
+    let r = call(
+        td,
+        0,
+        Leaf::AgentAccess,
+        [5, 0, access::encode(Mode::Exclusive, 0), 0],
+    )
+    .unwrap();
     assert_eq!(r, [0, 0, 0]);
     assert_eq!(td.agent(5).unwrap().zone, None);
     enter(td, 1, 5).unwrap();
     resume(td, 1, 5, 0).unwrap();
     disable(td, 0, 5).unwrap();
-    assert_eq!(call(td, 0, Leaf::AgentEnable, [5, 0, 0, 0]).unwrap(), [0, 0, 0]);
+    assert_eq!(
+        call(td, 0, Leaf::AgentEnable, [5, 0, 0, 0]).unwrap(),
+        [0, 0, 0]
+    );
     assert_eq!(td.seam().stats().aug, 0);
     check_td(td).unwrap();
 }
@@ -152,7 +195,11 @@ fn duplicate_registration() {
     access(td, 0, 1, 1).unwrap();
     assert_eq!(access(td, 0, 1, 1), Err(Error::AlreadyRegistered));
     enter(td, 0, 1).unwrap();
-    assert_eq!(access(td, 1, 1, 1), Err(Error::AlreadyRegistered), "while running");
+    assert_eq!(
+        access(td, 1, 1, 1),
+        Err(Error::AlreadyRegistered),
+        "while running"
+    );
     resume(td, 0, 1, 0).unwrap();
     disable(td, 0, 1).unwrap();
     // A disabled id may be registered anew (a new image), with new counters.
@@ -166,7 +213,14 @@ fn duplicate_registration() {
 
 #[test]
 fn table_full() {
-    let mut h = Host::with_config(64, TdConfig { max_zone_pages: 4, max_agents: 2 }).unwrap();
+    let mut h = Host::with_config(
+        64,
+        TdConfig {
+            max_zone_pages: 4,
+            max_agents: 2,
+        },
+    )
+    .unwrap();
     let td = h.create_td(1, SeptModel::new()).unwrap();
     access(td, 0, 1, 1).unwrap();
     access(td, 0, 2, 1).unwrap();
@@ -184,8 +238,16 @@ fn pool_exhaustion_is_clean() {
     let before = td.seam().stats();
     assert_eq!(access(td, 0, 2, 4), Err(Error::ZoneExhausted));
     assert!(td.agent(2).is_none());
-    assert_eq!(td.seam().stats(), before, "no SEAM op for a failed allocation");
-    assert_eq!(td.gpa_allocator().free_pages(), ZONE_GPA_SIZE / PAGE_SIZE - 5, "GPA pages given back");
+    assert_eq!(
+        td.seam().stats(),
+        before,
+        "no SEAM op for a failed allocation"
+    );
+    assert_eq!(
+        td.gpa_allocator().free_pages(),
+        ZONE_GPA_SIZE / PAGE_SIZE - 5,
+        "GPA pages given back"
+    );
     access(td, 0, 2, 3).unwrap(); // exactly what is left
     check_td(td).unwrap();
     assert_eq!(h.pool().lock().unwrap().allocator().free_pages(), 0);
@@ -194,10 +256,20 @@ fn pool_exhaustion_is_clean() {
 #[test]
 fn gpa_window_exhaustion_is_clean() {
     let window = ZONE_GPA_SIZE / PAGE_SIZE;
-    let mut h = Host::with_config(window + 16, TdConfig { max_zone_pages: window + 1, max_agents: 8 }).unwrap();
+    let mut h = Host::with_config(
+        window + 16,
+        TdConfig {
+            max_zone_pages: window + 1,
+            max_agents: 8,
+        },
+    )
+    .unwrap();
     let td = h.create_td(1, SeptModel::new()).unwrap();
     assert_eq!(access(td, 0, 1, window + 1), Err(Error::ZoneExhausted));
-    assert_eq!(h.pool().lock().unwrap().allocator().free_pages(), window + 16);
+    assert_eq!(
+        h.pool().lock().unwrap().allocator().free_pages(),
+        window + 16
+    );
 }
 
 #[test]
@@ -224,14 +296,37 @@ fn enter_errors() {
     access(td, 0, 2, 1).unwrap();
     assert_eq!(enter(td, 0, 99), Err(Error::UnknownAgent));
     assert_eq!(enter(td, 0, 0), Err(Error::UnknownAgent));
-    assert_eq!(call(td, 0, Leaf::VmmEnter, [1 << 40, 0, 0, 0]), Err(Error::UnknownAgent));
-    assert_eq!(call(td, 0, Leaf::VmmEnter, [1, 1, 0, 0]), Err(Error::InvalidArgument), "vcpu mismatch");
-    assert_eq!(call(td, 0, Leaf::VmmEnter, [1, 0, 5, 0]), Err(Error::InvalidArgument), "reserved");
-    assert_eq!(call(td, 0, Leaf::VmmEnter, [1, 0, 0, 5]), Err(Error::InvalidArgument), "reserved");
+    assert_eq!(
+        call(td, 0, Leaf::VmmEnter, [1 << 40, 0, 0, 0]),
+        Err(Error::UnknownAgent)
+    );
+    assert_eq!(
+        call(td, 0, Leaf::VmmEnter, [1, 1, 0, 0]),
+        Err(Error::InvalidArgument),
+        "vcpu mismatch"
+    );
+    assert_eq!(
+        call(td, 0, Leaf::VmmEnter, [1, 0, 5, 0]),
+        Err(Error::InvalidArgument),
+        "reserved"
+    );
+    assert_eq!(
+        call(td, 0, Leaf::VmmEnter, [1, 0, 0, 5]),
+        Err(Error::InvalidArgument),
+        "reserved"
+    );
     enter(td, 0, 1).unwrap();
     assert_eq!(enter(td, 0, 1), Err(Error::AlreadyRunning));
-    assert_eq!(enter(td, 1, 1), Err(Error::AlreadyRunning), "from another vCPU");
-    assert_eq!(enter(td, 0, 2), Err(Error::BadState), "vCPU 0 is inside agent 1");
+    assert_eq!(
+        enter(td, 1, 1),
+        Err(Error::AlreadyRunning),
+        "from another vCPU"
+    );
+    assert_eq!(
+        enter(td, 0, 2),
+        Err(Error::BadState),
+        "vCPU 0 is inside agent 1"
+    );
     enter(td, 1, 2).unwrap(); // another vCPU may run another agent
     assert_eq!(td.agent(1).unwrap().calls, 1, "failed enters are not calls");
     resume(td, 0, 1, 0).unwrap();
@@ -246,12 +341,22 @@ fn resume_errors() {
     let mut h = host();
     let td = td1(&mut h);
     access(td, 0, 1, 2).unwrap();
-    assert_eq!(resume(td, 0, 1, 0), Err(Error::NotRunning), "resume without enter");
+    assert_eq!(
+        resume(td, 0, 1, 0),
+        Err(Error::NotRunning),
+        "resume without enter"
+    );
     assert_eq!(resume(td, 0, 42, 0), Err(Error::UnknownAgent));
     enter(td, 2, 1).unwrap();
     assert_eq!(resume(td, 0, 1, 0), Err(Error::NotOwner), "another vCPU");
-    assert_eq!(call(td, 2, Leaf::VmmResume, [1, 3, 0, 0]), Err(Error::InvalidArgument));
-    assert_eq!(call(td, 2, Leaf::VmmResume, [1, 2, 0, 1]), Err(Error::InvalidArgument));
+    assert_eq!(
+        call(td, 2, Leaf::VmmResume, [1, 3, 0, 0]),
+        Err(Error::InvalidArgument)
+    );
+    assert_eq!(
+        call(td, 2, Leaf::VmmResume, [1, 2, 0, 1]),
+        Err(Error::InvalidArgument)
+    );
     // Still running and mapped after the failed resumes.
     assert_eq!(td.agent(1).unwrap().state, AgentState::Running { vcpu: 2 });
     check_td(td).unwrap();
@@ -267,10 +372,20 @@ fn disable_errors() {
     let td = td1(&mut h);
     access(td, 0, 1, 2).unwrap();
     assert_eq!(disable(td, 0, 5), Err(Error::UnknownAgent));
-    assert_eq!(call(td, 0, Leaf::AgentDisable, [1, 1, 0, 0]), Err(Error::InvalidArgument));
+    assert_eq!(
+        call(td, 0, Leaf::AgentDisable, [1, 1, 0, 0]),
+        Err(Error::InvalidArgument)
+    );
     enter(td, 0, 1).unwrap();
-    assert_eq!(disable(td, 1, 1), Err(Error::AlreadyRunning), "disable while running");
-    assert_eq!(td.seam().state(td.agent(1).unwrap().zone.unwrap().gpa), SeptState::Mapped);
+    assert_eq!(
+        disable(td, 1, 1),
+        Err(Error::AlreadyRunning),
+        "disable while running"
+    );
+    assert_eq!(
+        td.seam().state(td.agent(1).unwrap().zone.unwrap().gpa),
+        SeptState::Mapped
+    );
     resume(td, 0, 1, 0).unwrap();
     disable(td, 1, 1).unwrap();
     assert_eq!(disable(td, 1, 1), Err(Error::BadState), "already disabled");
@@ -281,20 +396,38 @@ fn disable_errors() {
 fn enable_errors_and_fresh_zone() {
     let mut h = host();
     let td = td1(&mut h);
-    assert_eq!(call(td, 0, Leaf::AgentEnable, [1, 0, 0, 0]), Err(Error::UnknownAgent));
+    assert_eq!(
+        call(td, 0, Leaf::AgentEnable, [1, 0, 0, 0]),
+        Err(Error::UnknownAgent)
+    );
     access(td, 0, 1, 3).unwrap();
-    assert_eq!(call(td, 0, Leaf::AgentEnable, [1, 0, 0, 0]), Err(Error::BadState), "not disabled");
-    assert_eq!(call(td, 0, Leaf::AgentEnable, [1, 0, 1, 0]), Err(Error::InvalidArgument));
+    assert_eq!(
+        call(td, 0, Leaf::AgentEnable, [1, 0, 0, 0]),
+        Err(Error::BadState),
+        "not disabled"
+    );
+    assert_eq!(
+        call(td, 0, Leaf::AgentEnable, [1, 0, 1, 0]),
+        Err(Error::InvalidArgument)
+    );
     let z = td.agent(1).unwrap().zone.unwrap();
     // Put a secret into the zone's memory, disable, enable: fresh zeroes.
-    td.pool().lock().unwrap().write(z.host_addr() + 8, b"key material").unwrap();
+    td.pool()
+        .lock()
+        .unwrap()
+        .write(z.host_addr() + 8, b"key material")
+        .unwrap();
     disable(td, 0, 1).unwrap();
     let [gpa, pages, flags] = call(td, 0, Leaf::AgentEnable, [1, 0, 0, 0]).unwrap();
     assert_eq!((pages, flags), (3, 0));
     let z2 = td.agent(1).unwrap().zone.unwrap();
     assert_eq!(z2.gpa, gpa);
     let mut buf = [0xffu8; 12];
-    td.pool().lock().unwrap().read(z2.host_addr() + 8, &mut buf).unwrap();
+    td.pool()
+        .lock()
+        .unwrap()
+        .read(z2.host_addr() + 8, &mut buf)
+        .unwrap();
     assert_eq!(buf, [0; 12], "a re-created zone never shows old content");
     assert_eq!(td.agent(1).unwrap().state, AgentState::Idle);
     enter(td, 0, 1).unwrap();
@@ -308,16 +441,30 @@ fn fault_errors() {
     access(td, 0, 1, 1).unwrap();
     let fault = |td: &mut TdState, vcpu, v, addr| call(td, vcpu, Leaf::AgentFault, [1, v, addr, 0]);
     assert_eq!(fault(td, 0, 14, 0x1000), Err(Error::NotRunning));
-    assert_eq!(call(td, 0, Leaf::AgentFault, [77, 14, 0, 0]), Err(Error::UnknownAgent));
+    assert_eq!(
+        call(td, 0, Leaf::AgentFault, [77, 14, 0, 0]),
+        Err(Error::UnknownAgent)
+    );
     enter(td, 0, 1).unwrap();
-    assert_eq!(fault(td, 0, 32, 0), Err(Error::InvalidArgument), "not an exception vector");
-    assert_eq!(call(td, 0, Leaf::AgentFault, [1, 14, 0, 1]), Err(Error::InvalidArgument));
+    assert_eq!(
+        fault(td, 0, 32, 0),
+        Err(Error::InvalidArgument),
+        "not an exception vector"
+    );
+    assert_eq!(
+        call(td, 0, Leaf::AgentFault, [1, 14, 0, 1]),
+        Err(Error::InvalidArgument)
+    );
     assert_eq!(fault(td, 1, 14, 0), Err(Error::NotOwner));
     assert_eq!(fault(td, 0, 14, 0xdead_b000), Ok([1, 0, 0]));
     assert_eq!(fault(td, 0, 13, 0), Ok([2, 0, 0]));
     let a = td.agent(1).unwrap();
     assert_eq!((a.faults, a.last_fault), (2, Some((13, 0))));
-    assert_eq!(a.state, AgentState::Running { vcpu: 0 }, "a fault report does not end the call");
+    assert_eq!(
+        a.state,
+        AgentState::Running { vcpu: 0 },
+        "a fault report does not end the call"
+    );
     resume(td, 0, 1, Error::Fault as u64).unwrap();
 }
 
@@ -329,11 +476,21 @@ fn query_reports_state_calls_violations() {
     assert_eq!(q(td), Err(Error::UnknownAgent));
     access(td, 0, 1, 2).unwrap();
     assert_eq!(q(td), Ok([HostAgentState::Idle as u64, 0, 0]));
-    assert_eq!(call(td, 3, Leaf::AgentQuery, [1, 0, 0, 9]), Err(Error::InvalidArgument));
+    assert_eq!(
+        call(td, 3, Leaf::AgentQuery, [1, 0, 0, 9]),
+        Err(Error::InvalidArgument)
+    );
     let z = td.agent(1).unwrap().zone.unwrap();
     // The VMM saw the guest kernel touch the blocked zone.
-    assert_eq!(td.report_violation(1, z.gpa + PAGE_SIZE + 8, false), Some(1));
-    assert_eq!(td.report_violation(1, z.gpa + 2 * PAGE_SIZE, true), None, "past the zone");
+    assert_eq!(
+        td.report_violation(1, z.gpa + PAGE_SIZE + 8, false),
+        Some(1)
+    );
+    assert_eq!(
+        td.report_violation(1, z.gpa + 2 * PAGE_SIZE, true),
+        None,
+        "past the zone"
+    );
     enter(td, 0, 1).unwrap();
     assert_eq!(q(td), Ok([HostAgentState::Running as u64, 1, 1]));
     resume(td, 0, 1, 0).unwrap();
@@ -346,7 +503,11 @@ fn rtmr_extend() {
     let mut h = host();
     let td = td1(&mut h);
     let ext = |td: &mut TdState, i, gpa| call(td, 0, Leaf::RtmrExtend, [i, gpa, 0, 0]);
-    assert_eq!(ext(td, 0, 0x100), Err(Error::OutOfRange), "no guest memory reader");
+    assert_eq!(
+        ext(td, 0, 0x100),
+        Err(Error::OutOfRange),
+        "no guest memory reader"
+    );
     let ram = FakeRam::new(0x4000);
     let d1 = [1u8; 48];
     let d2 = [2u8; 48];
@@ -354,8 +515,15 @@ fn rtmr_extend() {
     ram.write(0x200, &d2);
     td.set_guest_reader(ram.reader());
     assert_eq!(ext(td, 4, 0x100), Err(Error::OutOfRange));
-    assert_eq!(ext(td, 2, 0x3ff0), Err(Error::OutOfRange), "digest past guest RAM");
-    assert_eq!(call(td, 0, Leaf::RtmrExtend, [2, 0x100, 1, 0]), Err(Error::InvalidArgument));
+    assert_eq!(
+        ext(td, 2, 0x3ff0),
+        Err(Error::OutOfRange),
+        "digest past guest RAM"
+    );
+    assert_eq!(
+        call(td, 0, Leaf::RtmrExtend, [2, 0x100, 1, 0]),
+        Err(Error::InvalidArgument)
+    );
     assert_eq!(td.rtmrs().extend_count(2), Some(0));
     ext(td, 2, 0x100).unwrap();
     ext(td, 2, 0x200).unwrap();
@@ -368,13 +536,19 @@ fn tds_are_isolated() {
     let mut h = host();
     h.create_td(1, SeptModel::new()).unwrap();
     h.create_td(2, SeptModel::new()).unwrap();
-    assert!(matches!(h.create_td(2, SeptModel::new()), Err(HostError::TdExists(2))));
+    assert!(matches!(
+        h.create_td(2, SeptModel::new()),
+        Err(HostError::TdExists(2))
+    ));
     access(h.td_mut(1).unwrap(), 0, 1, 4).unwrap();
     // TD 2 names TD 1's agent: unknown there, and TD 1's zone stays blocked.
     let td2 = h.td_mut(2).unwrap();
     assert_eq!(enter(td2, 0, 1), Err(Error::UnknownAgent));
     assert_eq!(disable(td2, 0, 1), Err(Error::UnknownAgent));
-    assert_eq!(call(td2, 0, Leaf::AgentQuery, [1, 0, 0, 0]), Err(Error::UnknownAgent));
+    assert_eq!(
+        call(td2, 0, Leaf::AgentQuery, [1, 0, 0, 0]),
+        Err(Error::UnknownAgent)
+    );
     let td1 = h.td(1).unwrap();
     let z1 = td1.agent(1).unwrap().zone.unwrap();
     assert_eq!(td1.seam().state(z1.gpa), SeptState::Blocked);
@@ -388,8 +562,14 @@ fn tds_are_isolated() {
     enter(h.td_mut(2).unwrap(), 0, 1).unwrap();
     assert_eq!(h.td(1).unwrap().agent(1).unwrap().state, AgentState::Idle);
     // Host routing.
-    let args = HypercallArgs { leaf: Leaf::AgentQuery as u64, args: [1, 0, 0, 0] };
-    assert_eq!(h.handle(2, 0, args).unwrap().results[0], HostAgentState::Running as u64);
+    let args = HypercallArgs {
+        leaf: Leaf::AgentQuery as u64,
+        args: [1, 0, 0, 0],
+    };
+    assert_eq!(
+        h.handle(2, 0, args).unwrap().results[0],
+        HostAgentState::Running as u64
+    );
     assert!(matches!(h.handle(3, 0, args), Err(HostError::UnknownTd(3))));
     // Destroying a TD (with a running agent) returns its pages.
     h.destroy_td(2).unwrap();
@@ -402,7 +582,13 @@ fn tds_are_isolated() {
 fn dropping_a_td_returns_its_pool_pages() {
     let h = host();
     {
-        let mut td = TdState::new(9, SeptModel::new(), h.pool().clone(), h.notifier().clone(), TdConfig::default());
+        let mut td = TdState::new(
+            9,
+            SeptModel::new(),
+            h.pool().clone(),
+            h.notifier().clone(),
+            TdConfig::default(),
+        );
         access(&mut td, 0, 1, 10).unwrap();
         access(&mut td, 0, 2, 20).unwrap();
         assert_eq!(pool_free(&h), POOL - 30);
@@ -439,7 +625,13 @@ fn resume_tracks_past_running_vcpus() {
 // ---------------------------------------------------------------------------
 
 fn faulty_td(h: &Host) -> TdState<Faulty> {
-    TdState::new(5, Faulty::new(), h.pool().clone(), h.notifier().clone(), TdConfig::default())
+    TdState::new(
+        5,
+        Faulty::new(),
+        h.pool().clone(),
+        h.notifier().clone(),
+        TdConfig::default(),
+    )
 }
 
 #[test]
@@ -449,11 +641,21 @@ fn aug_failure_rolls_back() {
     td.seam_mut().arm(SeamOp::PageAug, 2, false); // third page fails
     assert_eq!(access(&mut td, 0, 1, 4), Err(Error::SeamError));
     assert!(td.agent(1).is_none());
-    assert_eq!(td.seam().model.page_count(), 0, "the two AUG'ed pages were removed");
+    assert_eq!(
+        td.seam().model.page_count(),
+        0,
+        "the two AUG'ed pages were removed"
+    );
     assert!(td.leaked_zones().is_empty());
     assert_eq!(pool_free(&h), POOL);
     assert_eq!(td.seam_trouble().errors, 1);
-    assert!(matches!(td.last_seam_error(), Some(tetd_kvm::SeamError::Backend { op: SeamOp::PageAug, .. })));
+    assert!(matches!(
+        td.last_seam_error(),
+        Some(tetd_kvm::SeamError::Backend {
+            op: SeamOp::PageAug,
+            ..
+        })
+    ));
     access(&mut td, 0, 1, 4).unwrap();
 }
 
@@ -483,10 +685,16 @@ fn resume_block_failure_is_recovered() {
     access(&mut td, 0, 1, 3).unwrap();
     enter(&mut td, 0, 1).unwrap();
     td.seam_mut().arm(SeamOp::RangeBlock, 1, false); // second page, once
-    assert!(resume(&mut td, 0, 1, 0).is_ok(), "re-blocking page by page succeeded");
+    assert!(
+        resume(&mut td, 0, 1, 0).is_ok(),
+        "re-blocking page by page succeeded"
+    );
     let z = td.agent(1).unwrap().zone.unwrap();
     for i in 0..3 {
-        assert_eq!(td.seam().model.state(z.gpa + i * PAGE_SIZE), SeptState::Blocked);
+        assert_eq!(
+            td.seam().model.state(z.gpa + i * PAGE_SIZE),
+            SeptState::Blocked
+        );
         assert!(td.seam().model.is_tracked(z.gpa + i * PAGE_SIZE));
     }
     assert_eq!(td.seam_trouble().recovered, 1);
@@ -504,7 +712,11 @@ fn resume_unrecoverable_failure_quarantines() {
     assert_eq!((a.state, a.zone), (AgentState::Disabled, None));
     assert_eq!(td.leaked_zones().len(), 1);
     assert_eq!(td.running_on(0), None);
-    assert_eq!(enter(&mut td, 0, 1), Err(Error::Disabled), "never runs again");
+    assert_eq!(
+        enter(&mut td, 0, 1),
+        Err(Error::Disabled),
+        "never runs again"
+    );
     assert_eq!(pool_free(&h), POOL - 3, "leaked pages stay reserved");
     drop(td);
     assert_eq!(pool_free(&h), POOL, "... until the TD is destroyed");

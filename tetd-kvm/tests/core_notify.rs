@@ -18,7 +18,11 @@ fn uring_collect(c: &mut UringConsumer, n: usize) -> Vec<Event> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut got = Vec::new();
     while got.len() < n {
-        assert!(Instant::now() < deadline, "io_uring: only {} of {n} events", got.len());
+        assert!(
+            Instant::now() < deadline,
+            "io_uring: only {} of {n} events",
+            got.len()
+        );
         got.extend(c.wait_timeout(Duration::from_millis(500)).unwrap());
     }
     got
@@ -58,12 +62,19 @@ fn eventfd_and_io_uring_see_the_same_events() {
     for (i, (ev, (kind, vcpu, a0, a1))) in a.iter().zip(&expect).enumerate() {
         assert_eq!(ev.seq, i as u64 + 1);
         assert_eq!((ev.td, ev.agent), (4, 3));
-        assert_eq!((ev.kind, ev.vcpu, ev.arg0, ev.arg1), (*kind, *vcpu, *a0, *a1), "event {i}");
+        assert_eq!(
+            (ev.kind, ev.vcpu, ev.arg0, ev.arg1),
+            (*kind, *vcpu, *a0, *a1),
+            "event {i}"
+        );
     }
     assert_eq!(a[6].kind, EventKind::Enable);
     // Nothing more is pending on either path.
     assert!(plain.recv().unwrap().is_empty());
-    assert!(ring.wait_timeout(Duration::from_millis(20)).unwrap().is_empty());
+    assert!(ring
+        .wait_timeout(Duration::from_millis(20))
+        .unwrap()
+        .is_empty());
 }
 
 #[test]
@@ -73,24 +84,46 @@ fn io_uring_wakes_up_on_an_event_from_another_thread() {
     let n2 = n.clone();
     let t = thread::spawn(move || {
         thread::sleep(Duration::from_millis(50));
-        n2.publish(Event { seq: 0, td: 1, kind: EventKind::Enter, agent: 2, vcpu: 0, arg0: 1, arg1: 0 });
+        n2.publish(Event {
+            seq: 0,
+            td: 1,
+            kind: EventKind::Enter,
+            agent: 2,
+            vcpu: 0,
+            arg0: 1,
+            arg1: 0,
+        });
     });
     let got = ring.wait().unwrap(); // blocks in io_uring_enter until the READ completes
     t.join().unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].kind, got[0].agent, got[0].seq), (EventKind::Enter, 2, 1));
+    assert_eq!(
+        (got[0].kind, got[0].agent, got[0].seq),
+        (EventKind::Enter, 2, 1)
+    );
 }
 
 #[test]
 fn blocking_eventfd_consumer() {
     let n = std::sync::Arc::new(Notifier::new());
     let sub = n.subscribe(16).unwrap();
-    assert!(sub.recv_timeout(Duration::from_millis(10)).unwrap().is_empty());
+    assert!(sub
+        .recv_timeout(Duration::from_millis(10))
+        .unwrap()
+        .is_empty());
     let n2 = n.clone();
     let t = thread::spawn(move || {
         thread::sleep(Duration::from_millis(30));
         for i in 0..3 {
-            n2.publish(Event { seq: 0, td: 1, kind: EventKind::Resume, agent: i, vcpu: 0, arg0: 0, arg1: 0 });
+            n2.publish(Event {
+                seq: 0,
+                td: 1,
+                kind: EventKind::Resume,
+                agent: i,
+                vcpu: 0,
+                arg0: 0,
+                arg1: 0,
+            });
         }
     });
     let mut got = Vec::new();
@@ -99,7 +132,10 @@ fn blocking_eventfd_consumer() {
         got.extend(sub.recv_timeout(Duration::from_millis(500)).unwrap());
     }
     t.join().unwrap();
-    assert_eq!(got.iter().map(|e| e.agent).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(
+        got.iter().map(|e| e.agent).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
 }
 
 #[test]
@@ -107,11 +143,22 @@ fn overflow_drops_oldest_and_counts() {
     let n = Notifier::new();
     let sub = n.subscribe(4).unwrap();
     for i in 0..10 {
-        n.publish(Event { seq: 0, td: 1, kind: EventKind::Enter, agent: i, vcpu: 0, arg0: 0, arg1: 0 });
+        n.publish(Event {
+            seq: 0,
+            td: 1,
+            kind: EventKind::Enter,
+            agent: i,
+            vcpu: 0,
+            arg0: 0,
+            arg1: 0,
+        });
     }
     assert_eq!(sub.dropped(), 6);
     let got = sub.recv().unwrap();
-    assert_eq!(got.iter().map(|e| e.agent).collect::<Vec<_>>(), vec![6, 7, 8, 9]);
+    assert_eq!(
+        got.iter().map(|e| e.agent).collect::<Vec<_>>(),
+        vec![6, 7, 8, 9]
+    );
     assert_eq!(n.published(), 10);
 }
 
@@ -122,7 +169,15 @@ fn dropped_subscriptions_are_pruned() {
     {
         let _gone = n.subscribe(4).unwrap();
     }
-    n.publish(Event { seq: 0, td: 1, kind: EventKind::Disable, agent: 1, vcpu: 0, arg0: 0, arg1: 0 });
+    n.publish(Event {
+        seq: 0,
+        td: 1,
+        kind: EventKind::Disable,
+        agent: 1,
+        vcpu: 0,
+        arg0: 0,
+        arg1: 0,
+    });
     assert_eq!(keep.recv().unwrap().len(), 1);
     assert!(format!("{n:?}").contains("subscriptions: 1"));
 }

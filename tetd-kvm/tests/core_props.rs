@@ -194,7 +194,11 @@ fn out<T>(r: Result<T, SeamError>) -> Out {
     match r {
         Ok(_) => Out::Ok,
         Err(SeamError::EptViolation { .. }) => Out::Violation,
-        Err(e) => Out::Status(e.status().expect("the model only returns TDX statuses").class()),
+        Err(e) => Out::Status(
+            e.status()
+                .expect("the model only returns TDX statuses")
+                .class(),
+        ),
     }
 }
 
@@ -211,7 +215,14 @@ fn oracle_step(o: &mut Oracle, op: &MOp) -> Out {
             if o.pages.values().any(|p| p.hpa == h) {
                 return Out::Status(tdx::TDX_PAGE_METADATA_INCORRECT);
             }
-            o.pages.insert(g, OPage { state: Pending, hpa: h, blocked_at: 0 });
+            o.pages.insert(
+                g,
+                OPage {
+                    state: Pending,
+                    hpa: h,
+                    blocked_at: 0,
+                },
+            );
             Out::Ok
         }
         MOp::Block(g) => {
@@ -377,19 +388,70 @@ const MAX_ZONE: u64 = 8;
 
 #[derive(Debug, Clone)]
 enum COp {
-    Access { td: u32, vcpu: u32, id: u32, pages: u64, exclusive: bool },
-    Enter { td: u32, vcpu: u32, id: u32, wrong_vcpu_arg: bool },
-    Resume { td: u32, vcpu: u32, id: u32, status: u64 },
-    Disable { td: u32, vcpu: u32, id: u32 },
-    Enable { td: u32, vcpu: u32, id: u32 },
-    Fault { td: u32, vcpu: u32, id: u32, vector: u64 },
-    Query { td: u32, vcpu: u32, id: u32 },
-    VcpuEnter { td: u32, vcpu: u32 },
-    VcpuExit { td: u32, vcpu: u32 },
-    HostTrack { td: u32 },
-    Kick { td: u32 },
-    Violation { td: u32, vcpu: u32, page: u64 },
-    RawSeam { td: u32, which: u8, page: u64 },
+    Access {
+        td: u32,
+        vcpu: u32,
+        id: u32,
+        pages: u64,
+        exclusive: bool,
+    },
+    Enter {
+        td: u32,
+        vcpu: u32,
+        id: u32,
+        wrong_vcpu_arg: bool,
+    },
+    Resume {
+        td: u32,
+        vcpu: u32,
+        id: u32,
+        status: u64,
+    },
+    Disable {
+        td: u32,
+        vcpu: u32,
+        id: u32,
+    },
+    Enable {
+        td: u32,
+        vcpu: u32,
+        id: u32,
+    },
+    Fault {
+        td: u32,
+        vcpu: u32,
+        id: u32,
+        vector: u64,
+    },
+    Query {
+        td: u32,
+        vcpu: u32,
+        id: u32,
+    },
+    VcpuEnter {
+        td: u32,
+        vcpu: u32,
+    },
+    VcpuExit {
+        td: u32,
+        vcpu: u32,
+    },
+    HostTrack {
+        td: u32,
+    },
+    Kick {
+        td: u32,
+    },
+    Violation {
+        td: u32,
+        vcpu: u32,
+        page: u64,
+    },
+    RawSeam {
+        td: u32,
+        which: u8,
+        page: u64,
+    },
 }
 
 fn cop() -> impl Strategy<Value = COp> {
@@ -447,11 +509,25 @@ impl Shadow {
 
 /// Run one hypercall the way a VMM does: the vCPU leaves guest mode, the
 /// leaf is handled, the vCPU goes back in.
-fn hypercall(h: &mut Host, td: u32, vcpu: u32, leaf: Leaf, args: [u64; 4]) -> Result<[u64; 3], Error> {
+fn hypercall(
+    h: &mut Host,
+    td: u32,
+    vcpu: u32,
+    leaf: Leaf,
+    args: [u64; 4],
+) -> Result<[u64; 3], Error> {
     let t = h.td_mut(td).unwrap();
     let was_in = t.seam().running_vcpus().any(|(v, _)| v == vcpu);
     t.seam_mut().vcpu_exit(vcpu);
-    let r = t.handle(vcpu, HypercallArgs { leaf: leaf as u64, args }).into_result();
+    let r = t
+        .handle(
+            vcpu,
+            HypercallArgs {
+                leaf: leaf as u64,
+                args,
+            },
+        )
+        .into_result();
     if was_in {
         t.seam_mut().vcpu_enter(vcpu);
     }
@@ -468,7 +544,11 @@ fn check_host(h: &Host) -> Result<(), String> {
     for t in h.tds() {
         check_td(t).map_err(|e| format!("td {}: {e}", t.id()))?;
         if t.seam_trouble().errors != 0 {
-            return Err(format!("td {}: TETD-H issued a failing SEAM op: {:?}", t.id(), t.last_seam_error()));
+            return Err(format!(
+                "td {}: TETD-H issued a failing SEAM op: {:?}",
+                t.id(),
+                t.last_seam_error()
+            ));
         }
         if !t.leaked_zones().is_empty() {
             return Err(format!("td {}: leaked zones", t.id()));
@@ -485,7 +565,10 @@ fn check_host(h: &Host) -> Result<(), String> {
     let pool = h.pool().lock().unwrap();
     pool.allocator().check()?;
     if pool.allocator().free_pages() + used != POOL {
-        return Err(format!("pool: {} free + {used} in zones != {POOL}", pool.allocator().free_pages()));
+        return Err(format!(
+            "pool: {} free + {used} in zones != {POOL}",
+            pool.allocator().free_pages()
+        ));
     }
     Ok(())
 }

@@ -18,20 +18,47 @@ pub fn call<S: SeamOps>(
     leaf: Leaf,
     args: [u64; 4],
 ) -> Result<[u64; 3], Error> {
-    td.handle(vcpu, HypercallArgs { leaf: leaf as u64, args }).into_result()
+    td.handle(
+        vcpu,
+        HypercallArgs {
+            leaf: leaf as u64,
+            args,
+        },
+    )
+    .into_result()
 }
 
 /// AGENT_ACCESS of a collaborative agent without measurement.
-pub fn access<S: SeamOps>(td: &mut TdState<S>, vcpu: u32, id: u32, pages: u64) -> Result<[u64; 3], Error> {
-    call(td, vcpu, Leaf::AgentAccess, [id as u64, pages, access::encode(Mode::Collaborative, 0), 0])
+pub fn access<S: SeamOps>(
+    td: &mut TdState<S>,
+    vcpu: u32,
+    id: u32,
+    pages: u64,
+) -> Result<[u64; 3], Error> {
+    call(
+        td,
+        vcpu,
+        Leaf::AgentAccess,
+        [id as u64, pages, access::encode(Mode::Collaborative, 0), 0],
+    )
 }
 
 pub fn enter<S: SeamOps>(td: &mut TdState<S>, vcpu: u32, id: u32) -> Result<[u64; 3], Error> {
     call(td, vcpu, Leaf::VmmEnter, [id as u64, vcpu as u64, 0, 0])
 }
 
-pub fn resume<S: SeamOps>(td: &mut TdState<S>, vcpu: u32, id: u32, status: u64) -> Result<[u64; 3], Error> {
-    call(td, vcpu, Leaf::VmmResume, [id as u64, vcpu as u64, status, 0])
+pub fn resume<S: SeamOps>(
+    td: &mut TdState<S>,
+    vcpu: u32,
+    id: u32,
+    status: u64,
+) -> Result<[u64; 3], Error> {
+    call(
+        td,
+        vcpu,
+        Leaf::VmmResume,
+        [id as u64, vcpu as u64, status, 0],
+    )
 }
 
 pub fn disable<S: SeamOps>(td: &mut TdState<S>, vcpu: u32, id: u32) -> Result<[u64; 3], Error> {
@@ -54,13 +81,18 @@ impl FakeRam {
         let mem = self.0.clone();
         Box::new(move |gpa: u64, buf: &mut [u8]| -> io::Result<()> {
             let m = mem.lock().unwrap();
-            let end = gpa.checked_add(buf.len() as u64).filter(|e| *e <= m.len() as u64);
+            let end = gpa
+                .checked_add(buf.len() as u64)
+                .filter(|e| *e <= m.len() as u64);
             match end {
                 Some(e) => {
                     buf.copy_from_slice(&m[gpa as usize..e as usize]);
                     Ok(())
                 }
-                None => Err(io::Error::new(io::ErrorKind::InvalidInput, "outside guest RAM")),
+                None => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "outside guest RAM",
+                )),
             }
         })
     }
@@ -81,7 +113,11 @@ pub fn check_td(td: &TdState<SeptModel>) -> Result<(), String> {
         }
     }
     let mut expect_gpa: BTreeMap<u64, u64> = BTreeMap::new();
-    for z in zones.iter().map(|(_, z)| *z).chain(td.leaked_zones().iter().copied()) {
+    for z in zones
+        .iter()
+        .map(|(_, z)| *z)
+        .chain(td.leaked_zones().iter().copied())
+    {
         expect_gpa.insert((z.gpa - tetd::abi::ZONE_GPA_BASE) / PAGE_SIZE, z.pages());
     }
     let got_gpa: BTreeMap<u64, u64> = td.gpa_allocator().allocations().collect();
@@ -116,7 +152,9 @@ pub fn check_td(td: &TdState<SeptModel>) -> Result<(), String> {
     // Per-agent zone state.
     for a in td.agents() {
         match (a.state, a.zone) {
-            (AgentState::Disabled, Some(_)) => return Err(format!("disabled agent {} has a zone", a.id)),
+            (AgentState::Disabled, Some(_)) => {
+                return Err(format!("disabled agent {} has a zone", a.id))
+            }
             (AgentState::Disabled, None) => {}
             (_, None) if a.zone_pages != 0 => {
                 return Err(format!("agent {} lost its zone", a.id));
@@ -143,7 +181,10 @@ pub fn check_td(td: &TdState<SeptModel>) -> Result<(), String> {
         }
         if let AgentState::Running { vcpu } = a.state {
             if td.running_on(vcpu) != Some(a.id) {
-                return Err(format!("agent {} runs on vCPU {vcpu} but the vCPU map disagrees", a.id));
+                return Err(format!(
+                    "agent {} runs on vCPU {vcpu} but the vCPU map disagrees",
+                    a.id
+                ));
             }
         }
     }
@@ -163,7 +204,14 @@ pub struct Faulty {
 
 impl Faulty {
     pub fn new() -> Self {
-        Faulty { model: SeptModel::new(), fail_op: None, after: 0, sticky: false, seen: 0, injected: 0 }
+        Faulty {
+            model: SeptModel::new(),
+            fail_op: None,
+            after: 0,
+            sticky: false,
+            seen: 0,
+            injected: 0,
+        }
     }
     pub fn arm(&mut self, op: SeamOp, after: u32, sticky: bool) {
         self.fail_op = Some(op);
@@ -178,7 +226,11 @@ impl Faulty {
                     self.fail_op = None;
                 }
                 self.injected += 1;
-                return Err(SeamError::Backend { op, gpa, msg: "injected failure".into() });
+                return Err(SeamError::Backend {
+                    op,
+                    gpa,
+                    msg: "injected failure".into(),
+                });
             }
             self.seen += 1;
         }
