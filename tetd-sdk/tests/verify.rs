@@ -826,3 +826,35 @@ fn segment_entry_reserved_field_must_be_zero() {
     assert_eq!(e.code(), Error::BadSegment);
     assert!(e.to_string().contains("reserved"), "{e}");
 }
+
+#[test]
+fn large_allow_list() {
+    // Many keys: parse once, then look-ups re-read the text (no allocation).
+    let keys: Vec<Ed25519KeyPair> = (0..200u32)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            seed[31] = 1;
+            Ed25519KeyPair::from_seed_unchecked(&seed).unwrap()
+        })
+        .collect();
+    let entries: Vec<(&Ed25519KeyPair, bool)> = keys.iter().map(|k| (k, false)).collect();
+    let text = list_text(&entries);
+    let list = AllowList::parse(&text).unwrap();
+    assert_eq!(list.len(), 200);
+    let signed = sign(&sample_plain().build().unwrap(), &keys[199]);
+    let v = check(&signed, &Policy::require_signed(list)).unwrap();
+    assert_eq!(v.signer.unwrap().public_key, pk(&keys[199]));
+    // The same list with the last key repeated is rejected, naming both lines.
+    let dup = format!(
+        "{text}{}\n",
+        TrustedKey {
+            public_key: pk(&keys[17]),
+            admin: true
+        }
+        .line()
+    );
+    let e = AllowList::parse(&dup).unwrap_err();
+    assert_eq!(e.line, 202);
+    assert_eq!(e.kind, AllowListErrorKind::DuplicateKey { first_line: 19 });
+}
