@@ -1,0 +1,161 @@
+//! Secret zones in the guest: registration with the host (AGENT_ACCESS),
+//! the kernel mapping of the zone's guest-physical pages, the
+//! VMM_ENTER..VMM_RESUME window, and removal (AGENT_DISABLE).
+use tetd::abi::{access, regs::HypercallRet, Error, Leaf, Mode, PAGE_SIZE, TETD_VMCALL_VENDOR};
+use tetd::abi::{ZONE_GPA_BASE, ZONE_GPA_SIZE};
+
+use crate::kapi::{self, Level, NoPreempt};
+use crate::state;
+
+/// One hypercall; transport failures become [`Error::Transport`].
+pub fn hypercall(leaf: Leaf, args: [u64; 4]) -> Result<[u64; 3], Error> {
+    match kapi::hypercall(TETD_VMCALL_VENDOR, leaf as u64, args) {
+        Ok((status, results)) => {
+            if status == TETD_VMCALL_VENDOR {
+                // Nobody answered: R10 still holds the vendor value.
+                return Err(Error::Transport);
+            }
+            HypercallRet { status, results }.into_result()
+        }
+        Err(_) => Err(Error::Transport),
+    }
+}
+
+/// A zone registered with the host and mapped into the kernel.
+pub struct HostZone {
+    /// Host-side agent id (the image's first agent id).
+    pub host_id: u32,
+    /// Guest-physical base.
+    pub gpa: u64,
+    /// Pages.
+    pub pages: u64,
+    /// Kernel (and agent) virtual address of the mapping.
+    pub va: *mut u8,
+    /// The host wants TDG.MEM.PAGE.ACCEPT of every page in the first window.
+    accept_pending: bool,
+}
+
+impl HostZone {
+    /// AGENT_ACCESS, then map the zone RW+NX.
+    pub fn create(host_id: u32, pages: u64, mode: Mode, flags: u32) -> Result<HostZone, Error> {
+        let r = hypercall(
+            Leaf::AgentAccess,
+            [host_id as u64, pages, access::encode(mode, flags), 0],
+        )?;
+        let (gpa, got_pages, zflags) = (r[0], r[1], r[2]);
+        let in_window = gpa >= ZONE_GPA_BASE
+            && got_pages == pages
+            && gpa % PAGE_SIZE == 0
+            && gpa
+                .checked_add(pages * PAGE_SIZE)
+                .is_some_and(|end| end <= ZONE_GPA_BASE + ZONE_GPA_SIZE);
+        if !in_window {
+            kapi::log(
+                Level::Err,
+                "AGENT_ACCESS returned a zone outside the zone window",
+            );
+            let _ = hypercall(Leaf::AgentDisable, [host_id as u64, 0, 0, 0]);
+            return Err(Error::Transport);
+        }
+        let va = kapi::map_zone(gpa, pages);
+        if va.is_null() {
+            kapi::log(Level::Err, "vmap_pfn of the zone failed");
+            let _ = hypercall(Leaf::AgentDisable, [host_id as u64, 0, 0, 0]);
+            return Err(Error::NoMemory);
+        }
+        state::stats().zone_bytes += pages * PAGE_SIZE;
+        Ok(HostZone {
+            host_id,
+            gpa,
+            pages,
+            va,
+            accept_pending: zflags & access::ZONE_FLAG_ACCEPT_REQUIRED != 0,
+        })
+    }
+
+    /// Open the window (VMM_ENTER): the zone is reachable until [`Window`]
+    /// is closed. Preemption stays disabled for the whole window (the host
+    /// checks that VMM_RESUME comes from the same vCPU).
+    pub fn enter(&mut self) -> Result<Window<'_>, Error> {
+        let np = NoPreempt::new();
+        let cpu = np.cpu();
+        hypercall(Leaf::VmmEnter, [self.host_id as u64, cpu as u64, 0, 0])?;
+        if self.accept_pending {
+            for p in 0..self.pages {
+                if let Err(st) = kapi::tdx_accept(self.gpa + p * PAGE_SIZE) {
+                    kapi::log(Level::Err, "TDG.MEM.PAGE.ACCEPT of a zone page failed");
+                    let _ = st;
+                    let _ = hypercall(
+                        Leaf::VmmResume,
+                        [self.host_id as u64, cpu as u64, Error::SeamError as u64, 0],
+                    );
+                    return Err(Error::SeamError);
+                }
+            }
+            self.accept_pending = false;
+        }
+        Ok(Window {
+            zone: self,
+            cpu,
+            _np: np,
+            closed: false,
+        })
+    }
+
+    /// Unmap and AGENT_DISABLE.
+    pub fn destroy(self) -> Result<(), Error> {
+        // SAFETY: the mapping is ours and nothing references it any more.
+        unsafe { kapi::unmap_zone(self.va) };
+        state::stats().zone_bytes -= self.pages * PAGE_SIZE;
+        hypercall(Leaf::AgentDisable, [self.host_id as u64, 0, 0, 0]).map(|_| ())
+    }
+}
+
+/// An open VMM_ENTER..VMM_RESUME window.
+pub struct Window<'a> {
+    zone: &'a HostZone,
+    cpu: u32,
+    _np: NoPreempt,
+    closed: bool,
+}
+
+impl Window<'_> {
+    /// Report a fault of the running agent (AGENT_FAULT).
+    pub fn report_fault(&self, vector: u32, addr: u64) {
+        if vector < 32 {
+            if let Err(e) = hypercall(
+                Leaf::AgentFault,
+                [self.zone.host_id as u64, vector as u64, addr, 0],
+            ) {
+                let _ = e;
+                kapi::log(Level::Warn, "AGENT_FAULT hypercall failed");
+            }
+        }
+    }
+
+    /// VMM_RESUME with the call's status.
+    pub fn close(mut self, status: u32) -> Result<(), Error> {
+        self.closed = true;
+        hypercall(
+            Leaf::VmmResume,
+            [self.zone.host_id as u64, self.cpu as u64, status as u64, 0],
+        )
+        .map(|_| ())
+    }
+}
+
+impl Drop for Window<'_> {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = hypercall(
+                Leaf::VmmResume,
+                [
+                    self.zone.host_id as u64,
+                    self.cpu as u64,
+                    Error::Internal as u64,
+                    0,
+                ],
+            );
+        }
+    }
+}
