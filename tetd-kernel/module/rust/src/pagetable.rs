@@ -332,7 +332,6 @@ mod tests {
         pt.map(0x40_0000, 0x5000, Perm::RX).unwrap();
         pt.map(0x40_1000, 0x6000, Perm::RW).unwrap();
         pt.map(0x40_2000, 0x7000, Perm::R).unwrap();
-        drop(pt);
         let leaves: Vec<u64> = f[3].iter().copied().filter(|e| e & PTE_P != 0).collect();
         assert_eq!(leaves.len(), 3);
         for e in leaves {
@@ -405,7 +404,6 @@ mod tests {
         pt.map_range(va, 0x8000, 4, Perm::RW).unwrap();
         assert_eq!(pt.frames_used(), need);
         let used = pt.frames_used();
-        drop(pt);
         let mut pt = PageTables::resume(&mut f, BASE, 4, used).unwrap();
         assert_eq!(pt.translate(va + 0x3000), Some((0xb000, Perm::RW)));
         assert!(pt.unmap(va + 0x3000));
