@@ -1,1 +1,53 @@
-fn main() {}
+//! `tetd-pack`: build, inspect, sign, verify and run TETD agent images.
+//!
+//! The command-line reference (and the JSON schema of `--json` output) is
+//! `docs/cli.md`. Exit status: 0 success, 1 failure (build error, malformed
+//! or rejected image, I/O error), 2 usage error.
+//!
+//! Layout: each subcommand lives in its own module with a clap `Args`
+//! struct and a `run(&Args) -> anyhow::Result<i32>` returning the exit
+//! status; `main` only dispatches and prints errors.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod build;
+mod inspect;
+mod util;
+// Other subcommand modules register here:
+//   signing (keygen / sign / verify):  mod sign;
+//   simulation runner (run):           mod run;
+
+/// Build, inspect, sign, verify and run TETD agent images.
+#[derive(Parser, Debug)]
+#[command(name = "tetd-pack", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compile an agent crate and pack it into a .tetd image.
+    Build(build::BuildArgs),
+    /// Show what an image contains (header, agents, segments, measurement, signature).
+    Inspect(inspect::InspectArgs),
+    // Signing subcommands (sign.rs): Keygen(..), Sign(..), Verify(..).
+    // Simulation runner (run.rs): Run(..).
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Build(a) => build::run(a),
+        Command::Inspect(a) => inspect::run(a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

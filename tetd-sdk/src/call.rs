@@ -43,13 +43,16 @@ impl<'a> Call<'a> {
         self.frame.flags & abi::CALL_FLAG_COLLABORATIVE != 0
     }
 
-    /// The input bytes.
-    pub fn input(&self) -> &[u8] {
+    /// The input bytes, valid for the whole call (`'a`), so they can be
+    /// passed straight to [`Call::output`]: `let i = ctx.input(); ctx.output(i)`.
+    pub fn input(&self) -> &'a [u8] {
         if self.frame.input_len == 0 || self.frame.input.is_null() {
             return &[];
         }
         // SAFETY: the runtime guarantees `input` is valid for `input_len`
-        // bytes for the duration of the call (contract of `from_frame`).
+        // bytes for the duration of the call (`'a`, contract of
+        // `from_frame`) and that it does not alias the output buffer, the
+        // only memory `Call` hands out mutably.
         unsafe { core::slice::from_raw_parts(self.frame.input, self.frame.input_len as usize) }
     }
 
