@@ -755,3 +755,29 @@ fn zone_lookup_for_the_vmm() {
     assert_eq!(td.zone_at(ZONE_GPA_BASE + ZONE_GPA_SIZE - PAGE_SIZE), None);
     assert!(!TdState::<SeptModel>::in_zone_window(ZONE_GPA_BASE - 1));
 }
+
+#[test]
+fn host_types_can_move_between_threads() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<Host>();
+    send::<TdState>();
+    send::<tetd_kvm::zone_alloc::HostPool>();
+    sync::<tetd_kvm::zone_alloc::HostPool>();
+    sync::<tetd_kvm::notify::Notifier>();
+    send::<tetd_kvm::notify::Subscription>();
+    // A TD's state used from a vCPU thread behind a mutex.
+    let h = host();
+    let td = std::sync::Arc::new(std::sync::Mutex::new(TdState::new(
+        1,
+        SeptModel::new(),
+        h.pool().clone(),
+        h.notifier().clone(),
+        TdConfig::default(),
+    )));
+    let t2 = td.clone();
+    std::thread::spawn(move || access(&mut t2.lock().unwrap(), 0, 1, 1).unwrap())
+        .join()
+        .unwrap();
+    assert!(td.lock().unwrap().agent(1).is_some());
+}
