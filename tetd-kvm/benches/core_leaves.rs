@@ -31,27 +31,47 @@ fn median_ns(rounds: usize, iters: u64, mut f: impl FnMut()) -> f64 {
 }
 
 fn args(leaf: Leaf, a: [u64; 4]) -> HypercallArgs {
-    HypercallArgs { leaf: leaf as u64, args: a }
+    HypercallArgs {
+        leaf: leaf as u64,
+        args: a,
+    }
 }
 
 fn main() {
     println!("{:<44} {:>12}", "operation", "ns/op");
     for pages in [1u64, 16, 256] {
-        let mut h: Host = Host::with_config(4096, TdConfig { max_zone_pages: 4096, max_agents: 8 }).unwrap();
+        let mut h: Host = Host::with_config(
+            4096,
+            TdConfig {
+                max_zone_pages: 4096,
+                max_agents: 8,
+            },
+        )
+        .unwrap();
         let td = h.create_td(1, SeptModel::new()).unwrap();
         let enc = access::encode(Mode::Collaborative, 0);
-        td.handle(0, args(Leaf::AgentAccess, [1, pages, enc, 0])).into_result().unwrap();
+        td.handle(0, args(Leaf::AgentAccess, [1, pages, enc, 0]))
+            .into_result()
+            .unwrap();
         let iters = (20_000 / pages).max(20);
         let ns = median_ns(7, iters, || {
             black_box(td.handle(0, args(Leaf::VmmEnter, [1, 0, 0, 0])));
             black_box(td.handle(0, args(Leaf::VmmResume, [1, 0, 0, 0])));
         });
-        println!("{:<44} {:>12.0}", format!("agent call (ENTER+RESUME), {pages} pages"), ns);
+        println!(
+            "{:<44} {:>12.0}",
+            format!("agent call (ENTER+RESUME), {pages} pages"),
+            ns
+        );
         let ns = median_ns(7, iters / 2 + 1, || {
             black_box(td.handle(0, args(Leaf::AgentAccess, [2, pages, enc, 0])));
             black_box(td.handle(0, args(Leaf::AgentDisable, [2, 0, 0, 0])));
         });
-        println!("{:<44} {:>12.0}", format!("zone life (ACCESS+DISABLE), {pages} pages"), ns);
+        println!(
+            "{:<44} {:>12.0}",
+            format!("zone life (ACCESS+DISABLE), {pages} pages"),
+            ns
+        );
     }
 
     // Allocator: a fragmented pool (every other 4-page run taken).
@@ -68,10 +88,21 @@ fn main() {
 
     let n = Notifier::new();
     let sub = n.subscribe(1 << 16).unwrap();
-    let ev = Event { seq: 0, td: 1, kind: EventKind::Enter, agent: 1, vcpu: 0, arg0: 0, arg1: 0 };
+    let ev = Event {
+        seq: 0,
+        td: 1,
+        kind: EventKind::Enter,
+        agent: 1,
+        vcpu: 0,
+        arg0: 0,
+        arg1: 0,
+    };
     let ns = median_ns(7, 10_000, || {
         n.publish(ev);
         black_box(sub.recv().unwrap());
     });
-    println!("{:<44} {:>12.0}", "notify: publish + eventfd read + dequeue", ns);
+    println!(
+        "{:<44} {:>12.0}",
+        "notify: publish + eventfd read + dequeue", ns
+    );
 }
