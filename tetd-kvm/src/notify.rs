@@ -299,9 +299,22 @@ impl fmt::Debug for UringConsumer {
 
 impl UringConsumer {
     /// A ring of `entries` entries consuming `sub`.
+    ///
+    /// Needs `IORING_FEAT_FAST_POLL` (Linux 5.7: a READ of a non-blocking
+    /// eventfd waits for data instead of completing with `EAGAIN`) and
+    /// `IORING_FEAT_EXT_ARG` (Linux 5.11: timeouts for
+    /// [`Self::wait_timeout`]); an older kernel gets `Unsupported`.
     pub fn new(sub: Subscription, entries: u32) -> io::Result<UringConsumer> {
+        let ring = IoUring::new(entries.max(2))?;
+        let p = ring.params();
+        if !p.is_feature_fast_poll() || !p.is_feature_ext_arg() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring lacks IORING_FEAT_FAST_POLL or IORING_FEAT_EXT_ARG (Linux >= 5.11 needed)",
+            ));
+        }
         Ok(UringConsumer {
-            ring: IoUring::new(entries.max(2))?,
+            ring,
             sub,
             buf: Box::new([0u8; 8]),
             in_flight: false,
