@@ -110,25 +110,30 @@ pub mod regs {
 #[repr(u64)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Leaf {
-    /// Register a loaded agent. args: `[agent_id, zone_pages, flags, measurement_gpa]`;
-    /// results: `[zone_gpa, zone_pages, 0]`. The host allocates the zone,
-    /// maps it into the TD and records the agent.
+    /// Register a loaded agent. args: `[agent_id, zone_pages,
+    /// access::encode(mode, flags), measurement_gpa]`; results: `[zone_gpa,
+    /// zone_pages, zone_flags]` (`access::ZONE_FLAG_*`). The host allocates
+    /// the zone, maps it into the TD (blocked until the first VMM_ENTER) and
+    /// records the agent.
     AgentAccess = 1,
-    /// About to run agent `id`. args: `[agent_id, vcpu, 0, 0]`. The host
-    /// checks the agent and state, unblocks the zone.
+    /// About to run agent `id`. args: `[agent_id, vcpu, 0, 0]`; results:
+    /// `[calls, 0, 0]`. The host checks the agent and state, unblocks the zone.
     VmmEnter = 2,
-    /// The call of agent `id` finished. args: `[agent_id, vcpu, status, 0]`.
-    /// The host blocks the zone again (BLOCK + TRACK) and notifies.
+    /// The call of agent `id` finished. args: `[agent_id, vcpu, status, 0]`;
+    /// results: `[calls, failures, 0]`. The host blocks the zone again
+    /// (BLOCK + TRACK) and notifies.
     VmmResume = 3,
     /// Remove agent `id`: the host blocks, removes and frees its zone.
     /// args: `[agent_id, 0, 0, 0]`.
     AgentDisable = 4,
-    /// Re-enable an agent an admin disabled. args: `[agent_id, 0, 0, 0]`.
+    /// Re-enable an agent an admin disabled. args: `[agent_id, 0, 0, 0]`;
+    /// results as AGENT_ACCESS (a fresh, zeroed zone).
     AgentEnable = 5,
     /// Extend a measurement register. args: `[rtmr_index, digest_gpa, 0, 0]`
     /// (the simulated host's model of TDG.MR.RTMR.EXTEND).
     RtmrExtend = 6,
-    /// Report a fault inside an agent. args: `[agent_id, vector, address, 0]`.
+    /// Report a fault inside an agent. args: `[agent_id, vector, address, 0]`;
+    /// results: `[faults, 0, 0]`.
     AgentFault = 7,
     /// Query the host's view of an agent. args `[agent_id, ..]`, results
     /// `[state, calls, violations]`.
