@@ -15,7 +15,7 @@
 
 use core::ffi::c_void;
 use core::ptr::{addr_of, addr_of_mut};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use tetd::abi::{
     AdminOp, AgentEntry, CallFrame, Error, Mode, Services, ABI_VERSION, AGENT_INFO_SIZE,
@@ -154,7 +154,9 @@ fn lookup(token: *mut c_void) -> Option<&'static CallCtx> {
     // alive and unmodified until it deactivates the token, which happens
     // only after the agent (and so this service call) has finished. The
     // 'static lifetime never escapes a service function.
-    (!p.is_null()).then(|| unsafe { &*p })
+    let c = (!p.is_null()).then(|| unsafe { &*p })?;
+    c.honour_abort_request();
+    Some(c)
 }
 
 // ---------------------------------------------------------------------------
@@ -194,9 +196,23 @@ struct CallCtx {
     zone: ZoneMem,
     layout: ZoneLayout,
     jmpbuf: JmpBuf,
+    abort_request: AtomicU32,
 }
 
 impl CallCtx {
+    /// Abort the call now if the platform asked for it (watchdog while the
+    /// agent was inside a service). Called where no runtime state is held.
+    fn honour_abort_request(&self) {
+        let code = self.abort_request.load(Ordering::Acquire);
+        if code != 0 {
+            let jb = addr_of!(self.jmpbuf) as *mut JmpBuf;
+            // SAFETY: the call is in progress (its token was valid), enter()
+            // filled the jump buffer, and the frames discarded (agent code
+            // and the service calling this) own nothing that needs dropping.
+            unsafe { arch::abort(jb, code) }
+        }
+    }
+
     /// The core pointer for an agent range, if the agent may access it.
     fn agent_range(&self, addr: u64, len: usize, write: bool) -> Option<*mut u8> {
         let off = self.zone.offset_of(addr, len as u64)?;
@@ -274,6 +290,7 @@ impl<P: Platform, const IMAGES: usize, const AGENTS: usize> Registry<P, IMAGES, 
             zone: prep.zone,
             layout: prep.layout,
             jmpbuf: JmpBuf::new(),
+            abort_request: AtomicU32::new(0),
         };
         let ctx_ptr: *mut CallCtx = &mut ctx;
         let Some(token) = activate(ctx_ptr) else {
@@ -305,6 +322,8 @@ impl<P: Platform, const IMAGES: usize, const AGENTS: usize> Registry<P, IMAGES, 
             // SAFETY: ctx_ptr is valid; the field pointer is what the gate
             // writes the saved stack pointer to.
             jmpbuf: unsafe { addr_of_mut!((*ctx_ptr).jmpbuf) },
+            // SAFETY: ctx lives until after run returns; shared access only.
+            abort_request: unsafe { &*addr_of!((*ctx_ptr).abort_request) },
             zone: prep.zone,
             layout: &prep.layout,
             timeout_ns: opts.timeout_ns,
@@ -693,7 +712,8 @@ unsafe extern "C" fn svc_log(ctx: *mut c_void, msg: *const u8, len: usize) {
     // SAFETY: p..p+len is readable zone memory (checked against the layout).
     let msg = unsafe { core::slice::from_raw_parts(p, len) };
     // SAFETY: c.host is the registry of the call in progress.
-    unsafe { (c.ops.log)(c.host, c, msg) }
+    unsafe { (c.ops.log)(c.host, c, msg) };
+    c.honour_abort_request();
 }
 
 unsafe extern "C" fn svc_random(ctx: *mut c_void, buf: *mut u8, len: usize) -> u32 {
@@ -707,7 +727,9 @@ unsafe extern "C" fn svc_random(ctx: *mut c_void, buf: *mut u8, len: usize) -> u
     // is suspended in this call.
     let buf = unsafe { core::slice::from_raw_parts_mut(p, len) };
     // SAFETY: c.host is the registry of the call in progress.
-    match unsafe { (c.ops.random)(c.host, buf) } {
+    let r = unsafe { (c.ops.random)(c.host, buf) };
+    c.honour_abort_request();
+    match r {
         Ok(()) => 0,
         Err(e) => e.code(),
     }
@@ -715,8 +737,12 @@ unsafe extern "C" fn svc_random(ctx: *mut c_void, buf: *mut u8, len: usize) -> u
 
 unsafe extern "C" fn svc_time_ns(ctx: *mut c_void) -> u64 {
     match lookup(ctx) {
-        // SAFETY: c.host is the registry of the call in progress.
-        Some(c) => unsafe { (c.ops.time_ns)(c.host) },
+        Some(c) => {
+            // SAFETY: c.host is the registry of the call in progress.
+            let t = unsafe { (c.ops.time_ns)(c.host) };
+            c.honour_abort_request();
+            t
+        }
         None => 0,
     }
 }
@@ -759,7 +785,9 @@ unsafe extern "C" fn svc_register_entry(
         return Error::BadEntry.code();
     };
     // SAFETY: c.host is the registry of the call in progress.
-    match unsafe { (c.ops.register_entry)(c.host, c, id, name, entry_off) } {
+    let r = unsafe { (c.ops.register_entry)(c.host, c, id, name, entry_off) };
+    c.honour_abort_request();
+    match r {
         Ok(()) => 0,
         Err(e) => e.code(),
     }
@@ -799,5 +827,6 @@ unsafe extern "C" fn svc_admin(
         // SAFETY: 8 writable bytes in the zone (checked); unaligned write.
         unsafe { core::ptr::write_unaligned(lp as *mut usize, n) };
     }
+    c.honour_abort_request();
     code
 }

@@ -2,6 +2,8 @@
 //! agent entry, and a few services. Implemented by the host simulator
 //! (`tetd_kernel::sim`, feature `sim`) and by the Linux module (`module/`).
 
+use core::sync::atomic::AtomicU32;
+
 use tetd::abi::{Error, Mode};
 use tetd::image::Image;
 
@@ -82,6 +84,11 @@ pub struct RunRequest<'a> {
     /// Jump buffer for [`crate::arch::enter`]; `Services.abort` aborts
     /// through it, and so may the platform's fault/watchdog handling.
     pub jmpbuf: *mut JmpBuf,
+    /// Deferred abort: while the agent is inside a runtime service (where
+    /// it must not be interrupted), the platform stores an error code here
+    /// (e.g. `Error::Timeout`) and the service aborts the call with it as
+    /// soon as it is safe, at its entry or before returning to the agent.
+    pub abort_request: &'a AtomicU32,
     /// The zone.
     pub zone: ZoneMem,
     /// Its layout.

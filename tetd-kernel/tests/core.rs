@@ -479,7 +479,7 @@ fn info_text_reports_agents_zones_and_faults() {
     println!("{text}");
     let base = reg.image(id).unwrap().zone().base;
     assert!(text.starts_with("TETD-G "), "{text}");
-    assert!(text.contains("1 image, 19 agents"), "{text}");
+    assert!(text.contains("1 image, 20 agents"), "{text}");
     assert!(text.contains(&format!("{base:#018x}")), "{text}");
     let agents_part = text.split_once("\nagents:\n").unwrap().1;
     let line = |id: u32| {

@@ -15,8 +15,9 @@
 //! 4. The handler, if the thread is inside a call: for a fault raised by the
 //!    CPU (`si_code > 0`) it records vector, error code, address and RIP;
 //!    for the watchdog (only once the deadline has passed, and only while
-//!    the agent's own code runs — inside a runtime service it waits for the
-//!    next tick, 10 ms later) it records the timeout. Then it rewrites the
+//!    the agent's own code runs — inside a runtime service it instead posts
+//!    a deferred abort request that the service honours before returning to
+//!    the agent) it records the timeout. Then it rewrites the
 //!    interrupted context so that returning from the handler resumes in
 //!    [`arch::abort`](crate::arch::abort) with the call's jump buffer: the
 //!    kernel's `sigreturn` restores the signal mask and lands there, and
@@ -60,6 +61,7 @@ pub fn watchdog_signal() -> libc::c_int {
 /// One call in progress on this thread.
 struct Guard {
     jmpbuf: *mut JmpBuf,
+    abort_request: *const std::sync::atomic::AtomicU32,
     zone_lo: u64,
     zone_hi: u64,
     /// CLOCK_MONOTONIC deadline in ns (0 = none).
@@ -259,6 +261,7 @@ pub(super) fn run_guarded(req: &RunRequest<'_>) -> RunOutcome {
     };
     let guard = Guard {
         jmpbuf: req.jmpbuf,
+        abort_request: req.abort_request,
         zone_lo: req.zone.base,
         zone_hi: req.zone.base + req.zone.len as u64,
         deadline_ns,
@@ -323,10 +326,15 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut li
         if g.deadline_ns == 0 || now_ns() < g.deadline_ns {
             return; // stale or early tick
         }
-        if rip < g.zone_lo || rip >= g.zone_hi {
-            return; // inside a runtime service: retry on the next tick
-        }
         g.timed_out.store(true, Ordering::SeqCst);
+        if rip < g.zone_lo || rip >= g.zone_hi {
+            // Inside a runtime service: not a safe place to cut. The
+            // service aborts the call itself when it is done (deferred
+            // abort request); later ticks come back here if it has not.
+            // SAFETY: points into the CallCtx of the guarded call.
+            unsafe { (*g.abort_request).store(Error::Timeout.code(), Ordering::SeqCst) };
+            return;
+        }
         redirect(uc, g.jmpbuf, Error::Timeout.code());
         return;
     }

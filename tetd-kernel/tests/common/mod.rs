@@ -85,8 +85,9 @@ pub mod ids {
     pub const FLAGS: u32 = 17;
     pub const READ_GUARD: u32 = 18;
     pub const ADMIN_DISABLE: u32 = 19;
-    pub const ALL: [u32; 19] = [
-        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+    pub const TIME_LOOP: u32 = 20;
+    pub const ALL: [u32; 20] = [
+        1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
     ];
     /// Id that `REGISTER` registers at run time.
     pub const DYNAMIC: u32 = 100;
@@ -333,6 +334,16 @@ pub fn assemble() -> (Vec<u8>, Vec<(u32, u64)>, u64) {
     a.xor(r9d, r9d).unwrap();
     a.call(qword_ptr(rax + S_ADMIN)).unwrap();
     epilogue(&mut a);
+
+    // 20 loop forever calling services.time_ns (the watchdog must still
+    //    stop it, between service calls).
+    entry(&mut a, ids::TIME_LOOP);
+    prologue(&mut a);
+    let mut again = a.create_label();
+    a.set_label(&mut again).unwrap();
+    services_ctx(&mut a);
+    a.call(qword_ptr(rax + S_TIME)).unwrap();
+    a.jmp(again).unwrap();
 
     let r = a
         .assemble_options(CODE, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
