@@ -781,3 +781,73 @@ fn host_types_can_move_between_threads() {
         .unwrap();
     assert!(td.lock().unwrap().agent(1).is_some());
 }
+
+/// A backend like the real-TDX one: the guest accepts zone pages itself.
+struct GuestAccepts(SeptModel);
+
+impl SeamOps for GuestAccepts {
+    fn page_aug(&mut self, g: u64, h: u64) -> tetd_kvm::seam::SeamResult<()> {
+        self.0.page_aug(g, h)
+    }
+    fn range_block(&mut self, g: u64) -> tetd_kvm::seam::SeamResult<()> {
+        self.0.range_block(g)
+    }
+    fn range_unblock(&mut self, g: u64) -> tetd_kvm::seam::SeamResult<()> {
+        self.0.range_unblock(g)
+    }
+    fn track(&mut self) -> tetd_kvm::seam::SeamResult<()> {
+        self.0.track()
+    }
+    fn page_remove(&mut self, g: u64) -> tetd_kvm::seam::SeamResult<u64> {
+        self.0.page_remove(g)
+    }
+    fn page_accept(&mut self, g: u64) -> tetd_kvm::seam::SeamResult<()> {
+        self.0.page_accept(g)
+    }
+    fn kick_vcpus(&mut self) -> tetd_kvm::seam::SeamResult<()> {
+        self.0.kick_vcpus()
+    }
+    fn host_accepts(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn guest_accepts_its_zone_inside_the_first_window() {
+    let h = host();
+    let mut td = TdState::new(
+        3,
+        GuestAccepts(SeptModel::new()),
+        h.pool().clone(),
+        h.notifier().clone(),
+        TdConfig::default(),
+    );
+    let [gpa, pages, flags] = access(&mut td, 0, 1, 3).unwrap();
+    assert_eq!((pages, flags), (3, access::ZONE_FLAG_ACCEPT_REQUIRED));
+    let st = |td: &TdState<GuestAccepts>, i: u64| td.seam().0.state(gpa + i * PAGE_SIZE);
+    for i in 0..3 {
+        assert_eq!(
+            st(&td, i),
+            SeptState::PendingBlocked,
+            "guest kernel cannot accept it now"
+        );
+        assert_eq!(
+            td.seam_mut().0.page_accept(gpa + i * PAGE_SIZE),
+            Err(tetd_kvm::SeamError::EptViolation {
+                gpa: gpa + i * PAGE_SIZE
+            })
+        );
+    }
+    enter(&mut td, 0, 1).unwrap();
+    assert_eq!(st(&td, 0), SeptState::Pending);
+    // The guest accepts two of the three pages in its window.
+    td.seam_mut().0.page_accept(gpa).unwrap();
+    td.seam_mut().0.page_accept(gpa + PAGE_SIZE).unwrap();
+    resume(&mut td, 0, 1, 0).unwrap();
+    assert_eq!(st(&td, 0), SeptState::Blocked);
+    assert_eq!(st(&td, 2), SeptState::PendingBlocked);
+    assert!((0..3).all(|i| !td.seam().0.guest_may_access(gpa + i * PAGE_SIZE)));
+    disable(&mut td, 0, 1).unwrap();
+    assert_eq!(td.seam().0.page_count(), 0);
+    assert_eq!(td.seam_trouble().errors, 0);
+}
