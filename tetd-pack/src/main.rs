@@ -14,10 +14,10 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod inspect;
+mod run;
 mod util;
 // Other subcommand modules register here:
 //   signing (keygen / sign / verify):  mod sign;
-//   simulation runner (run):           mod run;
 
 /// Build, inspect, sign, verify and run TETD agent images.
 #[derive(Parser, Debug)]
@@ -34,7 +34,8 @@ enum Command {
     /// Show what an image contains (header, agents, segments, measurement, signature).
     Inspect(inspect::InspectArgs),
     // Signing subcommands (sign.rs): Keygen(..), Sign(..), Verify(..).
-    // Simulation runner (run.rs): Run(..).
+    /// Load images into the host simulator and call agents (like SGX simulation mode).
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Run(a) => run::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
