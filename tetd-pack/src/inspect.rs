@@ -29,8 +29,10 @@ pub struct InspectArgs {
     /// Print the report as JSON (schema in docs/cli.md).
     #[arg(long)]
     pub json: bool,
-    // Verification options (`--pubkey`, `--allow`) are added by the signing
-    // module (sign.rs): see `signature_section`.
+    /// Check the signer against a key or allow-list (default: the signature's
+    /// self-consistency only).
+    #[command(flatten)]
+    pub policy: crate::sign::PolicyArgs,
 }
 
 /// The JSON report.
@@ -325,14 +327,15 @@ pub fn run(args: &InspectArgs) -> Result<i32> {
         )
     })?;
     let label = path.display().to_string();
-    let r = report(&label, &img);
+    let mut r = report(&label, &img);
+    let (sig_lines, sig_json) = crate::sign::inspect_signature(&img, &args.policy.source()?);
+    r.signature = sig_json;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &r)?;
         writeln!(out)?;
     } else {
-        let (lines, _) = signature_section(&img);
-        out.write_all(render_text(&r, &lines).as_bytes())?;
+        out.write_all(render_text(&r, &sig_lines).as_bytes())?;
     }
     Ok(0)
 }

@@ -1,7 +1,7 @@
 //! Step 1 of `build`: compile the agent crate with cargo into a
 //! position-independent static library for the agent target.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -131,7 +131,14 @@ pub fn build_staticlib(
         .arg(&krate.manifest_path)
         .args(["--lib", "--release", "--target", AGENT_TARGET])
         .args(["--crate-type", "staticlib"])
-        .args(["--message-format", "json-diagnostic-rendered-ansi"])
+        .args([
+            "--message-format",
+            if std::io::stderr().is_terminal() {
+                "json-diagnostic-rendered-ansi"
+            } else {
+                "json"
+            },
+        ])
         .arg("--target-dir")
         .arg(target_dir);
     if quiet {

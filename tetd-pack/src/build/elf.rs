@@ -400,15 +400,19 @@ pub fn convert(data: &[u8], pkg: &Package<'_>) -> Result<Converted> {
                 continue;
             }
             if ty != elf::R_X86_64_RELATIVE.0 || sym != 0 {
-                let sym_name = if sym == 0 {
-                    "(no symbol)".to_string()
+                let what = if sym != 0 {
+                    format!(
+                        "against symbol `{}`",
+                        symbol_name(&sections, e, data, symtab_idx, sym)
+                    )
+                } else if ty == elf::R_X86_64_IRELATIVE.0 {
+                    format!(
+                        "(no symbol: a GNU indirect function, resolver at {addend:#x};                          agents cannot run ifunc resolvers at load time)"
+                    )
                 } else {
-                    symbol_name(&sections, e, data, symtab_idx, sym)
+                    "(no symbol)".to_string()
                 };
-                bad.push(format!(
-                    "  {} at {off:#x} against symbol `{sym_name}`",
-                    reloc_type_name(ty)
-                ));
+                bad.push(format!("  {} at {off:#x} {what}", reloc_type_name(ty)));
                 continue;
             }
             let Some(seg) = segs.iter_mut().find(|g| g.contains(off, 8)) else {

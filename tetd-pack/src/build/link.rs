@@ -234,9 +234,9 @@ pub fn parse_undefined(stderr: &str) -> Vec<Undefined> {
             if let (Some(last), Some(open)) = (out.last_mut(), rest.find(":(")) {
                 let inner = &rest[open + 2..];
                 if let Some(close) = inner.rfind(')') {
-                    let what = inner[..close].to_string();
-                    let obj = rest[..open].trim_start_matches("referenced by ").to_string();
-                    let entry = format!("{what} (in {obj})");
+                    let what = strip_hash(&inner[..close]);
+                    let obj = rest[..open].trim_start_matches("referenced by ");
+                    let entry = format!("{what} ({})", describe_object(obj));
                     if !last.referenced_by.contains(&entry) {
                         last.referenced_by.push(entry);
                     }
@@ -247,7 +247,7 @@ pub fn parse_undefined(stderr: &str) -> Vec<Undefined> {
         // GNU ld: "...: in function `F':" then "...: undefined reference to `NAME'".
         if let Some(pos) = line.find("in function `") {
             let rest = &line[pos + "in function `".len()..];
-            gnu_function = rest.find('\'').map(|e| rest[..e].to_string());
+            gnu_function = rest.find('\'').map(|e| strip_hash(&rest[..e]));
             continue;
         }
         if let Some(pos) = line.find("undefined reference to `") {
@@ -273,6 +273,28 @@ pub fn parse_undefined(stderr: &str) -> Vec<Undefined> {
     out
 }
 
+/// `krate::f::h0123456789abcdef` → `krate::f` (the legacy-mangling hash).
+fn strip_hash(s: &str) -> String {
+    if let Some(pos) = s.rfind("::h") {
+        let h = &s[pos + 3..];
+        if h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return s[..pos].to_string();
+        }
+    }
+    s.to_string()
+}
+
+/// `krate-0123.krate.abcd-cgu.0.rcgu.o` → `crate krate`; other names as is.
+fn describe_object(obj: &str) -> String {
+    let file = obj.rsplit('/').next().unwrap_or(obj);
+    if file.ends_with(".rcgu.o") {
+        if let Some(krate) = file.split(['-', '.']).next() {
+            return format!("crate {krate}");
+        }
+    }
+    format!("in {file}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,7 +303,7 @@ mod tests {
     fn lld_undefined_report() {
         let s = "rust-lld: error: undefined symbol: tetd_missing_helper\n\
                  >>> referenced by lib.rs:12 (src/lib.rs:12)\n\
-                 >>>               bad-1.bad.abc-cgu.0.rcgu.o:(bad::handler) in archive /t/libbad.a\n\
+                 >>>               bad-1.bad.abc-cgu.0.rcgu.o:(bad::handler::h0123456789abcdef) in archive /t/libbad.a\n\
                  >>> referenced by lib.rs:13 (src/lib.rs:13)\n\
                  >>>               bad-1.bad.abc-cgu.0.rcgu.o:(bad::handler) in archive /t/libbad.a\n\
                  rust-lld: error: undefined symbol: other_one\n\
@@ -289,12 +311,11 @@ mod tests {
         let u = parse_undefined(s);
         assert_eq!(u.len(), 2);
         assert_eq!(u[0].symbol, "tetd_missing_helper");
-        assert_eq!(
-            u[0].referenced_by,
-            ["bad::handler (in bad-1.bad.abc-cgu.0.rcgu.o)"]
-        );
+        assert_eq!(u[0].referenced_by, ["bad::handler (crate bad)"]);
         assert_eq!(u[1].symbol, "other_one");
         assert_eq!(u[1].referenced_by, ["f (in x.o)"]);
+        assert_eq!(strip_hash("a::b::h0123456789abcdef"), "a::b");
+        assert_eq!(strip_hash("a::b::hello"), "a::b::hello");
     }
 
     #[test]

@@ -47,8 +47,13 @@ pub struct BuildArgs {
     /// No progress output (errors are still printed).
     #[arg(short, long)]
     pub quiet: bool,
-    // Signing (`--sign KEY`) is added by the signing module (sign.rs): see
-    // the hook in `run`.
+    /// Pack this already linked agent ELF (a PIE) instead of compiling and
+    /// linking; PATH still supplies the package name, version and metadata.
+    #[arg(long, value_name = "ELF")]
+    pub elf: Option<PathBuf>,
+    /// Sign the image with this private key (PKCS#8 DER) before writing it.
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 /// Progress lines on stderr, in cargo's style.
@@ -104,54 +109,10 @@ pub fn build_image(args: &BuildArgs, progress: &Progress) -> Result<Built> {
         Some(d) => absolute(d)?,
         None => krate.target_directory.join("tetd"),
     };
-    let crate_dir = krate
-        .manifest_path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    progress.step(
-        "Compiling",
-        format_args!(
-            "{} v{} ({}) for {} [release, pie, panic=abort]",
-            krate.name,
-            krate.version,
-            crate_dir.display(),
-            cargo::AGENT_TARGET
-        ),
-    );
-    let archive = cargo::build_staticlib(&tc, &krate, &target_dir, progress.quiet)?;
-
-    let keep = link::agent_symbols(&archive)?;
-    if keep.is_empty() {
-        return Err(anyhow!(
-            "no agents in `{}`: no #[tetd::agent] function was compiled (looked for `{}*` symbols in {})",
-            krate.name,
-            link::DESCRIPTOR_SYMBOL_PREFIX,
-            archive.display()
-        ));
-    }
-    let work = archive.parent().unwrap_or(Path::new(".")).join("tetd");
-    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let script = work.join("agent.ld");
-    std::fs::write(&script, link::LINKER_SCRIPT)
-        .with_context(|| format!("cannot write {}", script.display()))?;
-    let elf_path = work.join(format!("{}.elf", krate.lib_name));
-    let linker = link::Linker::find(&tc, args.linker.as_deref())?;
-    progress.step(
-        "Linking",
-        format_args!(
-            "{} ({} agent{}, {})",
-            elf_path.display(),
-            keep.len(),
-            if keep.len() == 1 { "" } else { "s" },
-            linker.path.display()
-        ),
-    );
-    let warnings = link::link(&linker, &archive, &script, &keep, &elf_path)?;
-    for w in warnings {
-        progress.step("Warning", format_args!("linker: {w}"));
-    }
-
+    let elf_path = match &args.elf {
+        Some(p) => p.clone(),
+        None => compile_and_link(args, progress, &tc, &krate, &target_dir)?,
+    };
     let elf_bytes =
         std::fs::read(&elf_path).with_context(|| format!("cannot read {}", elf_path.display()))?;
     let converted = elf::convert(
@@ -186,17 +147,103 @@ pub fn build_image(args: &BuildArgs, progress: &Progress) -> Result<Built> {
     })
 }
 
+/// Steps 2 and 3: compile the staticlib and link the PIE; returns the ELF.
+fn compile_and_link(
+    args: &BuildArgs,
+    progress: &Progress,
+    tc: &cargo::Toolchain,
+    krate: &metadata::AgentCrate,
+    target_dir: &Path,
+) -> Result<PathBuf> {
+    let crate_dir = krate
+        .manifest_path
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    progress.step(
+        "Compiling",
+        format_args!(
+            "{} v{} ({}) for {} [release, pie, panic=abort]",
+            krate.name,
+            krate.version,
+            crate_dir.display(),
+            cargo::AGENT_TARGET
+        ),
+    );
+    let archive = cargo::build_staticlib(tc, krate, target_dir, progress.quiet)?;
+
+    let keep = link::agent_symbols(&archive)?;
+    if keep.is_empty() {
+        return Err(anyhow!(
+            "no agents in `{}`: no #[tetd::agent] function was compiled (looked for `{}*` symbols in {})",
+            krate.name,
+            link::DESCRIPTOR_SYMBOL_PREFIX,
+            archive.display()
+        ));
+    }
+    let work = archive.parent().unwrap_or(Path::new(".")).join("tetd");
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    // Concurrent builds of one crate may share this directory: every file
+    // is written under a temporary name and renamed into place.
+    let script = work.join("agent.ld");
+    write_atomic(&script, link::LINKER_SCRIPT.as_bytes())?;
+    let elf_path = work.join(format!("{}.elf", krate.lib_name));
+    let linker = link::Linker::find(tc, args.linker.as_deref())?;
+    progress.step(
+        "Linking",
+        format_args!(
+            "{} ({} agent{}, {})",
+            elf_path.display(),
+            keep.len(),
+            if keep.len() == 1 { "" } else { "s" },
+            linker.path.display()
+        ),
+    );
+    let tmp_elf = work.join(format!(
+        ".{}.elf.tmp-{}",
+        krate.lib_name,
+        std::process::id()
+    ));
+    let linked = link::link(&linker, &archive, &script, &keep, &tmp_elf);
+    let warnings = match linked {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp_elf);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&tmp_elf, &elf_path)
+        .with_context(|| format!("cannot write {}", elf_path.display()))?;
+    for w in warnings {
+        progress.step("Warning", format_args!("linker: {w}"));
+    }
+
+    Ok(elf_path)
+}
+
 /// `tetd-pack build`.
 pub fn run(args: &BuildArgs) -> Result<i32> {
     let progress = Progress::new(args.quiet);
+    // Load the key first: a bad key path fails before a long build.
+    let key = args
+        .sign
+        .as_deref()
+        .map(crate::sign::SigningKey::load)
+        .transpose()?;
     let built = build_image(args, &progress)?;
     let out = args
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.tetd", built.package)));
 
-    // Hook for signing (sign.rs): `let image = sign::sign_built_image(built.image, key, ..)?`.
-    let image = built.image;
+    let image = match &key {
+        Some(k) => {
+            let signed = crate::sign::sign_bytes(&built.image, k, &out.display().to_string())?;
+            progress.step("Signed", format_args!("with key id {}", hex(&k.key_id())));
+            signed
+        }
+        None => built.image,
+    };
 
     write_atomic(&out, &image)?;
     let img = Image::parse(&image).map_err(|e| anyhow!("internal error: {e}"))?;
