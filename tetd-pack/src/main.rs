@@ -15,9 +15,8 @@ use clap::{Parser, Subcommand};
 mod build;
 mod inspect;
 mod run;
+mod sign;
 mod util;
-// Other subcommand modules register here:
-//   signing (keygen / sign / verify):  mod sign;
 
 /// Build, inspect, sign, verify and run TETD agent images.
 #[derive(Parser, Debug)]
@@ -33,7 +32,12 @@ enum Command {
     Build(build::BuildArgs),
     /// Show what an image contains (header, agents, segments, measurement, signature).
     Inspect(inspect::InspectArgs),
-    // Signing subcommands (sign.rs): Keygen(..), Sign(..), Verify(..).
+    /// Generate an Ed25519 signing key (PKCS#8, mode 0600) and its .pub allow-list line.
+    Keygen(sign::KeygenArgs),
+    /// Sign an image (replaces any existing signature).
+    Sign(sign::SignArgs),
+    /// Verify an image's signature and signer; exit status 0 only if it verifies.
+    Verify(sign::VerifyArgs),
     /// Load images into the host simulator and call agents (like SGX simulation mode).
     Run(run::RunArgs),
 }
@@ -43,6 +47,9 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Build(a) => build::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Keygen(a) => sign::run_keygen(a),
+        Command::Sign(a) => sign::run_sign(a),
+        Command::Verify(a) => sign::run_verify(a),
         Command::Run(a) => run::run(a),
     };
     match result {
