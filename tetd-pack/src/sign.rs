@@ -253,6 +253,15 @@ fn sync_dir(p: &Path) {
 /// Write `contents` to `dest` atomically (temporary file + rename), keeping
 /// the permissions of an existing `dest` (new files get 0644).
 pub fn write_atomic(dest: &Path, contents: &[u8]) -> Result<()> {
+    // Replace the file a symlink points to, not the symlink.
+    let resolved;
+    let dest = match fs::symlink_metadata(dest) {
+        Ok(m) if m.file_type().is_symlink() => {
+            resolved = fs::canonicalize(dest).map_err(|e| io_err("cannot resolve", dest, e))?;
+            resolved.as_path()
+        }
+        _ => dest,
+    };
     let mode = fs::metadata(dest)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o644);

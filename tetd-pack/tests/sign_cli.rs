@@ -318,6 +318,17 @@ fn sign_verify_inspect_flow_and_every_failure() {
     assert_eq!(fs::read(&img).unwrap(), signed, "Ed25519 is deterministic");
     assert_eq!(mode(&img), 0o640);
 
+    // Signing through a symlink signs the file it points to.
+    let link = env.p("link.tetd");
+    let target = env.write("target.tetd", &unsigned);
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    assert_eq!(status(&mut log, &[&"sign", &link, &"--key", &key]), 0);
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read(&target).unwrap(), signed);
+
     // Verifies: allow-list (admin), pubkey file, literal key, no policy.
     let r = run(&mut log, &[&"verify", &img, &"--allow", &allow]);
     assert_eq!(log[r].code, 0, "{}", log[r].all());
