@@ -214,7 +214,12 @@ impl CallCtx {
     }
 
     /// The core pointer for an agent range, if the agent may access it.
+    /// An empty range is always fine (nothing is accessed; agents pass
+    /// dangling pointers for empty slices).
     fn agent_range(&self, addr: u64, len: usize, write: bool) -> Option<*mut u8> {
+        if len == 0 {
+            return Some(core::ptr::NonNull::dangling().as_ptr());
+        }
         let off = self.zone.offset_of(addr, len as u64)?;
         if !self.layout.check_access(off, len as u64, write) {
             return None;
