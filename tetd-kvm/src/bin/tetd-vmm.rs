@@ -6,11 +6,17 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use tetd_kvm::vmm::initramfs::{build_busybox_initramfs, parse_host_guest, InitramfsSpec, DEFAULT_BUSYBOX};
+use tetd_kvm::vmm::initramfs::{
+    build_busybox_initramfs, parse_host_guest, InitramfsSpec, DEFAULT_BUSYBOX,
+};
 use tetd_kvm::vmm::{run_vm, NoHypercalls, VmConfig, VmExit, VmmError, DEFAULT_CMDLINE};
 
 #[derive(Parser)]
-#[command(name = "tetd-vmm", version, about = "TETD-rs KVM VMM: boot a Linux guest, build its initramfs")]
+#[command(
+    name = "tetd-vmm",
+    version,
+    about = "TETD-rs KVM VMM: boot a Linux guest, build its initramfs"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -43,7 +49,11 @@ enum Cmd {
         timeout: u64,
         /// HOST:GUEST files to put into a freshly built busybox initramfs
         /// (instead of --initrd), e.g. run.sh:/tetd/run.sh.
-        #[arg(long = "extra-file", value_name = "HOST:GUEST", conflicts_with = "initrd")]
+        #[arg(
+            long = "extra-file",
+            value_name = "HOST:GUEST",
+            conflicts_with = "initrd"
+        )]
         extra_files: Vec<String>,
         /// Do not echo the guest console.
         #[arg(long)]
@@ -66,27 +76,68 @@ enum Cmd {
     },
 }
 
-fn spec_from(files: &[String], busybox: PathBuf, init: Option<PathBuf>) -> Result<InitramfsSpec, VmmError> {
-    let extra = files.iter().map(|f| parse_host_guest(f)).collect::<Result<Vec<_>, _>>()?;
-    Ok(InitramfsSpec { busybox, init, extra })
+fn spec_from(
+    files: &[String],
+    busybox: PathBuf,
+    init: Option<PathBuf>,
+) -> Result<InitramfsSpec, VmmError> {
+    let extra = files
+        .iter()
+        .map(|f| parse_host_guest(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(InitramfsSpec {
+        busybox,
+        init,
+        extra,
+    })
 }
 
 fn real_main(cli: Cli) -> Result<ExitCode, VmmError> {
     match cli.cmd {
-        Cmd::Initramfs { output, files, busybox, init } => {
+        Cmd::Initramfs {
+            output,
+            files,
+            busybox,
+            init,
+        } => {
             let image = build_busybox_initramfs(&spec_from(&files, busybox, init)?)?;
-            std::fs::write(&output, &image).map_err(|source| VmmError::Io { path: output.clone(), source })?;
-            eprintln!("tetd-vmm: wrote {} ({} bytes)", output.display(), image.len());
+            std::fs::write(&output, &image).map_err(|source| VmmError::Io {
+                path: output.clone(),
+                source,
+            })?;
+            eprintln!(
+                "tetd-vmm: wrote {} ({} bytes)",
+                output.display(),
+                image.len()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Boot { kernel, initrd, append, cmdline, vcpus, mem_mib, timeout, extra_files, quiet } => {
+        Cmd::Boot {
+            kernel,
+            initrd,
+            append,
+            cmdline,
+            vcpus,
+            mem_mib,
+            timeout,
+            extra_files,
+            quiet,
+        } => {
             let mut _tmp = None;
             let initrd = match initrd {
                 Some(i) => Some(i),
                 None if !extra_files.is_empty() => {
-                    let image = build_busybox_initramfs(&spec_from(&extra_files, DEFAULT_BUSYBOX.into(), None)?)?;
-                    let path = std::env::temp_dir().join(format!("tetd-vmm-{}.cpio", std::process::id()));
-                    std::fs::write(&path, image).map_err(|source| VmmError::Io { path: path.clone(), source })?;
+                    let image = build_busybox_initramfs(&spec_from(
+                        &extra_files,
+                        DEFAULT_BUSYBOX.into(),
+                        None,
+                    )?)?;
+                    let path =
+                        std::env::temp_dir().join(format!("tetd-vmm-{}.cpio", std::process::id()));
+                    std::fs::write(&path, image).map_err(|source| VmmError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
                     _tmp = Some(TempFile(path.clone()));
                     Some(path)
                 }

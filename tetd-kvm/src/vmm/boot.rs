@@ -64,16 +64,25 @@ pub struct LoadedKernel {
 pub fn create_guest_memory(mem_size: u64) -> Result<GuestMemoryMmap> {
     let size = usize::try_from(mem_size)
         .map_err(|_| VmmError::Config(format!("memory size {mem_size} too large")))?;
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)])
-        .map_err(|e| VmmError::Memory(format!("cannot allocate {mem_size} bytes of guest RAM: {e}")))
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| {
+        VmmError::Memory(format!(
+            "cannot allocate {mem_size} bytes of guest RAM: {e}"
+        ))
+    })
 }
 
 /// Loads a kernel: a bzImage (protected-mode part at 1 MiB, entry +0x200)
 /// or an uncompressed ELF `vmlinux` (segments at their physical addresses,
 /// entry = `startup_64`). Checks the kernel supports the 64-bit boot protocol.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
-    let kerr = |msg: String| VmmError::Kernel { path: path.to_path_buf(), msg };
-    let mut file = File::open(path).map_err(|source| VmmError::Io { path: path.to_path_buf(), source })?;
+    let kerr = |msg: String| VmmError::Kernel {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let mut file = File::open(path).map_err(|source| VmmError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut magic = [0u8; 4];
     let is_elf = file.read_exact(&mut magic).is_ok() && &magic == b"\x7fELF";
     if is_elf {
@@ -90,7 +99,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
             cmdline_size: (CMDLINE_MAX - 1) as u32,
             ..Default::default()
         };
-        return Ok(LoadedKernel { entry: loaded.kernel_load.raw_value(), end: loaded.kernel_end, header });
+        return Ok(LoadedKernel {
+            entry: loaded.kernel_load.raw_value(),
+            end: loaded.kernel_end,
+            header,
+        });
     }
     let loaded = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| kerr(format!("not a loadable bzImage or ELF kernel: {e}")))?;
@@ -107,16 +120,30 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel> {
     }
     let xloadflags = header.xloadflags;
     if xloadflags & XLF_KERNEL_64 == 0 {
-        return Err(kerr("kernel has no 64-bit entry point (XLF_KERNEL_64 unset)".into()));
+        return Err(kerr(
+            "kernel has no 64-bit entry point (XLF_KERNEL_64 unset)".into(),
+        ));
     }
     let load = loaded.kernel_load.raw_value();
-    Ok(LoadedKernel { entry: load + ENTRY_64_OFFSET, end: loaded.kernel_end, header })
+    Ok(LoadedKernel {
+        entry: load + ENTRY_64_OFFSET,
+        end: loaded.kernel_end,
+        header,
+    })
 }
 
 /// Loads the initrd at the top of RAM (page aligned, below the kernel's
 /// `initrd_addr_max`, above the kernel). Returns `(address, size)`.
-pub fn load_initrd(mem: &GuestMemoryMmap, path: &Path, kernel: &LoadedKernel, mem_size: u64) -> Result<(u64, u64)> {
-    let data = std::fs::read(path).map_err(|source| VmmError::Io { path: path.to_path_buf(), source })?;
+pub fn load_initrd(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel: &LoadedKernel,
+    mem_size: u64,
+) -> Result<(u64, u64)> {
+    let data = std::fs::read(path).map_err(|source| VmmError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let size = data.len() as u64;
     let max = u64::from(kernel.header.initrd_addr_max).min(mem_size - 1);
     // The decompressor needs `init_size` bytes from the preferred address
@@ -164,7 +191,10 @@ pub fn write_boot_structures(
     load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cl)
         .map_err(|e| VmmError::Memory(format!("writing command line: {e}")))?;
 
-    let mut params = boot_params { hdr: kernel.header, ..Default::default() };
+    let mut params = boot_params {
+        hdr: kernel.header,
+        ..Default::default()
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.boot_flag = 0xaa55;
     params.hdr.header = 0x5372_6448; // "HdrS"
@@ -175,8 +205,16 @@ pub fn write_boot_structures(
         params.hdr.ramdisk_size = size as u32;
     }
     let e820 = [
-        boot_e820_entry { addr: 0, size: EBDA_START, r#type: E820_RAM },
-        boot_e820_entry { addr: HIMEM_START, size: mem_size - HIMEM_START, r#type: E820_RAM },
+        boot_e820_entry {
+            addr: 0,
+            size: EBDA_START,
+            r#type: E820_RAM,
+        },
+        boot_e820_entry {
+            addr: HIMEM_START,
+            size: mem_size - HIMEM_START,
+            r#type: E820_RAM,
+        },
     ];
     params.e820_table[..e820.len()].copy_from_slice(&e820);
     params.e820_entries = e820.len() as u8;
@@ -206,7 +244,11 @@ fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let raw_limit = (entry & 0xffff) | ((entry >> 32) & 0x000f_0000);
     let g = ((entry >> 55) & 1) as u8;
-    let limit = if g == 1 { (raw_limit << 12) | 0xfff } else { raw_limit } as u32;
+    let limit = if g == 1 {
+        (raw_limit << 12) | 0xfff
+    } else {
+        raw_limit
+    } as u32;
     kvm_segment {
         base,
         limit,
@@ -245,16 +287,20 @@ fn write_gdt(mem: &GuestMemoryMmap) -> Result<()> {
 
 /// Identity-maps `[0, IDENTITY_MAP_GIB GiB)` with 2 MiB pages.
 fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<()> {
-    let werr = |e: vm_memory::GuestMemoryError| VmmError::Memory(format!("writing page tables: {e}"));
+    let werr =
+        |e: vm_memory::GuestMemoryError| VmmError::Memory(format!("writing page tables: {e}"));
     const PRESENT_RW: u64 = 0x3;
     const HUGE: u64 = 0x80;
-    mem.write_obj(PDPT_ADDR | PRESENT_RW, GuestAddress(PML4_ADDR)).map_err(werr)?;
+    mem.write_obj(PDPT_ADDR | PRESENT_RW, GuestAddress(PML4_ADDR))
+        .map_err(werr)?;
     for gib in 0..IDENTITY_MAP_GIB {
         let pd = PD_ADDR + gib * 0x1000;
-        mem.write_obj(pd | PRESENT_RW, GuestAddress(PDPT_ADDR + gib * 8)).map_err(werr)?;
+        mem.write_obj(pd | PRESENT_RW, GuestAddress(PDPT_ADDR + gib * 8))
+            .map_err(werr)?;
         for i in 0..512u64 {
             let phys = ((gib << 30) | (i << 21)) | PRESENT_RW | HUGE;
-            mem.write_obj(phys, GuestAddress(pd + i * 8)).map_err(werr)?;
+            mem.write_obj(phys, GuestAddress(pd + i * 8))
+                .map_err(werr)?;
         }
     }
     Ok(())
@@ -277,7 +323,8 @@ pub fn boot_sregs(mut s: kvm_sregs) -> kvm_sregs {
     s.gs = data;
     s.ss = data;
     s.tr = tss;
-    s.cr0 = (s.cr0 & !(X86_CR0_CD | X86_CR0_NW)) | X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_PG;
+    s.cr0 =
+        (s.cr0 & !(X86_CR0_CD | X86_CR0_NW)) | X86_CR0_PE | X86_CR0_ET | X86_CR0_NE | X86_CR0_PG;
     s.cr3 = PML4_ADDR;
     s.cr4 |= X86_CR4_PAE;
     s.efer |= EFER_LME | EFER_LMA;
@@ -298,7 +345,11 @@ pub fn boot_regs(entry: u64) -> kvm_regs {
 
 /// x87/SSE state at reset (FCW 0x37f, MXCSR 0x1f80).
 pub fn boot_fpu() -> kvm_fpu {
-    kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() }
+    kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -313,9 +364,15 @@ mod tests {
     fn gdt_entries_decode_to_flat_segments() {
         let gdt = boot_gdt();
         let cs = segment_from_gdt(gdt[2], BOOT_CS);
-        assert_eq!((cs.base, cs.limit, cs.l, cs.db, cs.g, cs.s, cs.type_, cs.present), (0, 0xffff_ffff, 1, 0, 1, 1, 0xb, 1));
+        assert_eq!(
+            (cs.base, cs.limit, cs.l, cs.db, cs.g, cs.s, cs.type_, cs.present),
+            (0, 0xffff_ffff, 1, 0, 1, 1, 0xb, 1)
+        );
         let ds = segment_from_gdt(gdt[3], BOOT_DS);
-        assert_eq!((ds.base, ds.limit, ds.l, ds.db, ds.type_), (0, 0xffff_ffff, 0, 1, 0x3));
+        assert_eq!(
+            (ds.base, ds.limit, ds.l, ds.db, ds.type_),
+            (0, 0xffff_ffff, 0, 1, 0x3)
+        );
         let tr = segment_from_gdt(gdt[4], BOOT_TSS);
         assert_eq!((tr.s, tr.type_, tr.limit, tr.present), (0, 0xb, 0x67, 1));
         // Linux' own encoding of a flat 64-bit kernel code segment.
@@ -324,12 +381,24 @@ mod tests {
     }
 
     #[test]
-    fn identity_map_covers_4gib() {
+    fn identity_map_covers_zone_window() {
         let mem = create_guest_memory(128 << 20).unwrap();
         write_identity_page_tables(&mem).unwrap();
         assert_eq!(read_u64(&mem, PML4_ADDR), Some(PDPT_ADDR | 3));
-        assert_eq!(read_u64(&mem, PDPT_ADDR + 3 * 8), Some((PD_ADDR + 0x3000) | 3));
-        // Last 2 MiB page below 4 GiB.
-        assert_eq!(read_u64(&mem, PD_ADDR + 0x3000 + 511 * 8), Some(0xffe0_0000 | 0x83));
+        assert_eq!(
+            read_u64(&mem, PDPT_ADDR + 3 * 8),
+            Some((PD_ADDR + 0x3000) | 3)
+        );
+        // Last 2 MiB page below 4 GiB, first page of the zone window.
+        assert_eq!(
+            read_u64(&mem, PD_ADDR + 0x3000 + 511 * 8),
+            Some(0xffe0_0000 | 0x83)
+        );
+        assert_eq!(
+            read_u64(&mem, PD_ADDR + 0x4000),
+            Some(tetd::abi::ZONE_GPA_BASE | 0x83)
+        );
+        const { assert!(PD_ADDR + IDENTITY_MAP_GIB * 0x1000 <= CMDLINE_ADDR) };
+        const { assert!(tetd::abi::ZONE_GPA_BASE + tetd::abi::ZONE_GPA_SIZE <= IDENTITY_MAP_GIB << 30) };
     }
 }

@@ -130,7 +130,10 @@ mod tests {
     #[test]
     fn scan_finds_sentinel_and_panic() {
         assert_eq!(scan("boot\nTETD-EXIT: 7\r\n"), ConsoleVerdict::Status(7));
-        assert_eq!(scan("TETD-EXIT: 1\nTETD-EXIT: 3\n"), ConsoleVerdict::Status(3));
+        assert_eq!(
+            scan("TETD-EXIT: 1\nTETD-EXIT: 3\n"),
+            ConsoleVerdict::Status(3)
+        );
         assert_eq!(scan("TETD-EXIT: 300\n"), ConsoleVerdict::None);
         assert_eq!(scan("echo TETD-EXIT: x\n"), ConsoleVerdict::None);
         assert_eq!(

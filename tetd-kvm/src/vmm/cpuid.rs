@@ -10,6 +10,8 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// Leaf 1 ECX: running under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: CMPXCHG16B (see [`vcpu_cpuid`]).
+const LEAF1_ECX_CX16: u32 = 1 << 13;
 /// Leaf 1 EDX: hyper-threading / multi-core package (EBX[23:16] valid).
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 7.0 ECX: CET shadow stack.
@@ -40,13 +42,12 @@ fn adjust_entry(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_shift: 
         1 => {
             e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | (count << 16);
             e.ecx |= LEAF1_ECX_HYPERVISOR;
+            e.ecx &= !LEAF1_ECX_CX16;
             e.edx |= LEAF1_EDX_HTT;
         }
-        4 => {
-            // Cores per package - 1 in EAX[31:26]; one thread per core.
-            if e.eax & 0x1f != 0 {
-                e.eax = (e.eax & 0x0000_3fff) | ((count - 1) << 26);
-            }
+        // Cores per package - 1 in EAX[31:26] of every valid cache leaf.
+        4 if e.eax & 0x1f != 0 => {
+            e.eax = (e.eax & 0x0000_3fff) | ((count - 1) << 26);
         }
         7 if e.index == 0 => {
             e.ecx &= !LEAF7_ECX_CET_SS;
@@ -97,7 +98,14 @@ mod tests {
 
     #[test]
     fn masks_cet_and_sets_topology() {
-        let supported = CpuId::from_entries(&[entry(1, 0), entry(7, 0), entry(0xd, 1), entry(0xb, 0), entry(0xb, 1)]).unwrap();
+        let supported = CpuId::from_entries(&[
+            entry(1, 0),
+            entry(7, 0),
+            entry(0xd, 1),
+            entry(0xb, 0),
+            entry(0xb, 1),
+        ])
+        .unwrap();
         let c = vcpu_cpuid(&supported, 1, 2);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 1);
@@ -106,7 +114,13 @@ mod tests {
         assert_eq!(s[1].edx & LEAF7_EDX_CET_IBT, 0);
         assert_ne!(s[1].edx & 1, 0, "other leaf-7 bits are kept");
         assert_eq!(s[2].ecx & LEAF_D1_ECX_CET, 0);
-        assert_eq!((s[3].ebx, s[3].edx, (s[3].ecx >> 8) & 0xff), (1, 1, LEVEL_SMT));
-        assert_eq!((s[4].eax, s[4].ebx, (s[4].ecx >> 8) & 0xff), (1, 2, LEVEL_CORE));
+        assert_eq!(
+            (s[3].ebx, s[3].edx, (s[3].ecx >> 8) & 0xff),
+            (1, 1, LEVEL_SMT)
+        );
+        assert_eq!(
+            (s[4].eax, s[4].ebx, (s[4].ecx >> 8) & 0xff),
+            (1, 2, LEVEL_CORE)
+        );
     }
 }

@@ -38,9 +38,13 @@ fn guest_path(path: &str) -> Result<String> {
     let trimmed = path.trim_start_matches('/');
     let bad = trimmed.is_empty()
         || trimmed.contains('\0')
-        || trimmed.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || trimmed
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
-        return Err(VmmError::Config(format!("invalid guest path {path:?} (need /dir/name without '.', '..' or '//')")));
+        return Err(VmmError::Config(format!(
+            "invalid guest path {path:?} (need /dir/name without '.', '..' or '//')"
+        )));
     }
     Ok(trimmed.to_string())
 }
@@ -59,18 +63,22 @@ impl Initramfs {
                 acc.push('/');
             }
             acc.push_str(c);
-            self.nodes.entry(acc.clone()).or_insert(Node::Dir { mode: 0o755 });
+            self.nodes
+                .entry(acc.clone())
+                .or_insert(Node::Dir { mode: 0o755 });
         }
     }
 
     fn insert(&mut self, path: &str, node: Node) -> Result<()> {
         let p = guest_path(path)?;
-        if let Some((existing, Node::File { .. } | Node::Symlink { .. } | Node::CharDev { .. })) = self
-            .nodes
-            .iter()
-            .find(|(k, _)| p.starts_with(k.as_str()) && p.as_bytes().get(k.len()) == Some(&b'/'))
+        if let Some((existing, Node::File { .. } | Node::Symlink { .. } | Node::CharDev { .. })) =
+            self.nodes.iter().find(|(k, _)| {
+                p.starts_with(k.as_str()) && p.as_bytes().get(k.len()) == Some(&b'/')
+            })
         {
-            return Err(VmmError::Config(format!("guest path /{p}: parent /{existing} is not a directory")));
+            return Err(VmmError::Config(format!(
+                "guest path /{p}: parent /{existing} is not a directory"
+            )));
         }
         self.parents(&p);
         self.nodes.insert(p, node);
@@ -79,39 +87,76 @@ impl Initramfs {
 
     /// Adds a directory (and its parents).
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<()> {
-        self.insert(path, Node::Dir { mode: mode & 0o7777 })
+        self.insert(
+            path,
+            Node::Dir {
+                mode: mode & 0o7777,
+            },
+        )
     }
 
     /// Adds a regular file.
     pub fn file(&mut self, path: &str, data: impl Into<Vec<u8>>, mode: u32) -> Result<()> {
-        self.insert(path, Node::File { mode: mode & 0o7777, data: data.into() })
+        self.insert(
+            path,
+            Node::File {
+                mode: mode & 0o7777,
+                data: data.into(),
+            },
+        )
     }
 
     /// Adds a symbolic link.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
         if target.is_empty() || target.contains('\0') {
-            return Err(VmmError::Config(format!("invalid symlink target {target:?} for {path}")));
+            return Err(VmmError::Config(format!(
+                "invalid symlink target {target:?} for {path}"
+            )));
         }
-        self.insert(path, Node::Symlink { target: target.to_string() })
+        self.insert(
+            path,
+            Node::Symlink {
+                target: target.to_string(),
+            },
+        )
     }
 
     /// Adds a character device node.
     pub fn char_dev(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> Result<()> {
-        self.insert(path, Node::CharDev { mode: mode & 0o7777, major, minor })
+        self.insert(
+            path,
+            Node::CharDev {
+                mode: mode & 0o7777,
+                major,
+                minor,
+            },
+        )
     }
 
     /// Adds a host file at `guest` (mode 0755 if the host file is executable, else 0644).
     pub fn host_file(&mut self, host: &Path, guest: &str) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        let data = std::fs::read(host).map_err(|source| VmmError::Io { path: host.to_path_buf(), source })?;
-        let meta = std::fs::metadata(host).map_err(|source| VmmError::Io { path: host.to_path_buf(), source })?;
-        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+        let data = std::fs::read(host).map_err(|source| VmmError::Io {
+            path: host.to_path_buf(),
+            source,
+        })?;
+        let meta = std::fs::metadata(host).map_err(|source| VmmError::Io {
+            path: host.to_path_buf(),
+            source,
+        })?;
+        let mode = if meta.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
         self.file(guest, data, mode)
     }
 
     /// Whether the archive has an entry at `path`.
     pub fn contains(&self, path: &str) -> bool {
-        guest_path(path).map(|p| self.nodes.contains_key(&p)).unwrap_or(false)
+        guest_path(path)
+            .map(|p| self.nodes.contains_key(&p))
+            .unwrap_or(false)
     }
 
     /// Serialises the archive (newc, trailer included).
@@ -124,7 +169,11 @@ impl Initramfs {
                 Node::Symlink { target } => (S_IFLNK | 0o777, target.as_bytes(), (0, 0)),
                 Node::CharDev { mode, major, minor } => (S_IFCHR | mode, &[], (*major, *minor)),
             };
-            let nlink = if matches!(node, Node::Dir { .. }) { 2 } else { 1 };
+            let nlink = if matches!(node, Node::Dir { .. }) {
+                2
+            } else {
+                1
+            };
             write_entry(&mut out, ino as u32 + 1, mode, nlink, name, data, rdev);
         }
         write_entry(&mut out, 0, 0, 1, "TRAILER!!!", &[], (0, 0));
@@ -138,7 +187,15 @@ fn pad4(out: &mut Vec<u8>) {
     }
 }
 
-fn write_entry(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, name: &str, data: &[u8], rdev: (u32, u32)) {
+fn write_entry(
+    out: &mut Vec<u8>,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    name: &str,
+    data: &[u8],
+    rdev: (u32, u32),
+) {
     let fields = [
         ino,
         mode,
@@ -178,7 +235,11 @@ pub struct InitramfsSpec {
 
 impl Default for InitramfsSpec {
     fn default() -> Self {
-        InitramfsSpec { busybox: PathBuf::from(DEFAULT_BUSYBOX), init: None, extra: Vec::new() }
+        InitramfsSpec {
+            busybox: PathBuf::from(DEFAULT_BUSYBOX),
+            init: None,
+            extra: Vec::new(),
+        }
     }
 }
 
@@ -189,7 +250,9 @@ pub fn parse_host_guest(s: &str) -> Result<(PathBuf, String)> {
             guest_path(guest)?;
             Ok((PathBuf::from(host), guest.to_string()))
         }
-        _ => Err(VmmError::Config(format!("{s:?}: expected HOST_PATH:/GUEST/PATH"))),
+        _ => Err(VmmError::Config(format!(
+            "{s:?}: expected HOST_PATH:/GUEST/PATH"
+        ))),
     }
 }
 
@@ -198,10 +261,16 @@ pub fn parse_host_guest(s: &str) -> Result<(PathBuf, String)> {
 fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let data = std::fs::read(busybox).map_err(|source| VmmError::Io {
         path: busybox.to_path_buf(),
-        source: std::io::Error::new(source.kind(), format!("{source} (install busybox-static: scripts/setup.sh)")),
+        source: std::io::Error::new(
+            source.kind(),
+            format!("{source} (install busybox-static: scripts/setup.sh)"),
+        ),
     })?;
     if data.get(..4) != Some(b"\x7fELF") {
-        return Err(VmmError::Config(format!("{} is not an ELF binary", busybox.display())));
+        return Err(VmmError::Config(format!(
+            "{} is not an ELF binary",
+            busybox.display()
+        )));
     }
     // A dynamically linked busybox would not run in the initramfs (no libc there).
     if elf_has_interpreter(&data) {
@@ -213,24 +282,46 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let out = Command::new(busybox)
         .arg("--list-full")
         .output()
-        .map_err(|source| VmmError::Io { path: busybox.to_path_buf(), source })?;
+        .map_err(|source| VmmError::Io {
+            path: busybox.to_path_buf(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(VmmError::Config(format!("{} --list-full failed", busybox.display())));
+        return Err(VmmError::Config(format!(
+            "{} --list-full failed",
+            busybox.display()
+        )));
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
 }
 
 /// Whether a 64-bit little-endian ELF has a PT_INTERP program header
 /// (i.e. is dynamically linked). Malformed headers count as "no".
 fn elf_has_interpreter(data: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
-    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-    let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+    let u16_at = |o: usize| {
+        data.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u32_at = |o: usize| {
+        data.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
         return false;
     };
-    let Ok(phoff) = usize::try_from(phoff) else { return false };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
     (0..phnum).any(|i| {
         phoff
             .checked_add(i * phentsize)
@@ -244,7 +335,10 @@ fn elf_has_interpreter(data: &[u8]) -> bool {
 /// points, and the extra files (which win over applet links of the same path).
 pub fn build_busybox_initramfs(spec: &InitramfsSpec) -> Result<Vec<u8>> {
     let mut fs = Initramfs::new();
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "root", "tetd"] {
+    for d in [
+        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "tmp", "run", "etc", "root",
+        "tetd",
+    ] {
         fs.dir(d, 0o755)?;
     }
     fs.char_dev("dev/console", 0o600, 5, 1)?;
@@ -257,7 +351,10 @@ pub fn build_busybox_initramfs(spec: &InitramfsSpec) -> Result<Vec<u8>> {
     }
     match &spec.init {
         Some(path) => {
-            let data = std::fs::read(path).map_err(|source| VmmError::Io { path: path.clone(), source })?;
+            let data = std::fs::read(path).map_err(|source| VmmError::Io {
+                path: path.clone(),
+                source,
+            })?;
             fs.file("init", data, 0o755)?;
         }
         None => fs.file("init", GUEST_INIT, 0o755)?,
@@ -278,7 +375,10 @@ mod tests {
         let total = b.len();
         loop {
             assert_eq!(&b[..6], b"070701");
-            let f = |i: usize| u32::from_str_radix(std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap();
+            let f = |i: usize| {
+                u32::from_str_radix(std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
+                    .unwrap()
+            };
             let (mode, size, namesize) = (f(1), f(6) as usize, f(11) as usize);
             let name = String::from_utf8(b[110..110 + namesize - 1].to_vec()).unwrap();
             let mut off = 110 + namesize;
@@ -304,9 +404,15 @@ mod tests {
         fs.char_dev("/dev/console", 0o600, 5, 1).unwrap();
         let entries = parse(&fs.finish());
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/sh", "dev", "dev/console", "tetd", "tetd/run.sh"]);
+        assert_eq!(
+            names,
+            ["bin", "bin/sh", "dev", "dev/console", "tetd", "tetd/run.sh"]
+        );
         assert_eq!(entries[0].1, S_IFDIR | 0o755);
-        assert_eq!(entries[1], ("bin/sh".into(), S_IFREG | 0o755, b"real".to_vec()));
+        assert_eq!(
+            entries[1],
+            ("bin/sh".into(), S_IFREG | 0o755, b"real".to_vec())
+        );
         assert_eq!(entries[3].1, S_IFCHR | 0o600);
         assert_eq!(entries[5].2, b"echo hi\n");
     }
@@ -323,7 +429,10 @@ mod tests {
         elf[0x40 + 56] = 3; // PT_INTERP
         assert!(elf_has_interpreter(&elf));
         elf[0x38..0x3a].copy_from_slice(&0xffffu16.to_le_bytes());
-        assert!(elf_has_interpreter(&elf), "truncated tables are scanned safely");
+        assert!(
+            elf_has_interpreter(&elf),
+            "truncated tables are scanned safely"
+        );
         assert!(!elf_has_interpreter(b"\x7fELF"));
     }
 

@@ -54,7 +54,10 @@ pub fn install_handler() -> Result<()> {
             libc::sigaction(kick_signal(), &act, std::ptr::null_mut())
         };
         if rc != 0 {
-            result = Err(VmmError::Os { op: "sigaction(kick signal)", source: std::io::Error::last_os_error() });
+            result = Err(VmmError::Os {
+                op: "sigaction(kick signal)",
+                source: std::io::Error::last_os_error(),
+            });
         }
     });
     result
@@ -83,7 +86,10 @@ pub fn signal_thread(thread: libc::pthread_t) -> Result<()> {
     // unregistered under a lock before the thread exits).
     let rc = unsafe { libc::pthread_kill(thread, kick_signal()) };
     if rc != 0 {
-        return Err(VmmError::Os { op: "pthread_kill(kick)", source: std::io::Error::from_raw_os_error(rc) });
+        return Err(VmmError::Os {
+            op: "pthread_kill(kick)",
+            source: std::io::Error::from_raw_os_error(rc),
+        });
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! 0x0000_0500  boot GDT (null, null, code64 = 0x10, data = 0x18, tss = 0x20)
 //! 0x0000_7000  zero page (struct boot_params)
 //! 0x0000_8ff0  boot stack top (only used until the kernel sets its own)
-//! 0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0xf000 four PDs: identity map of 0..4 GiB
+//! 0x0000_9000  PML4, 0xa000 PDPT, 0xb000..0x10000 five PDs: identity map of 0..5 GiB
+//!              (RAM, the 32-bit MMIO hole and the zone window; Linux replaces
+//!              these tables early, small test guests keep using them)
 //! 0x0002_0000  kernel command line
 //! 0x0009_fc00  MP floating pointer + MP configuration table (last KiB of base memory)
 //! 0x0010_0000  protected-mode kernel (bzImage payload), then free RAM
@@ -29,8 +31,8 @@ pub const PML4_ADDR: u64 = 0x9000;
 pub const PDPT_ADDR: u64 = 0xa000;
 /// First of [`IDENTITY_MAP_GIB`] page directories (2 MiB pages).
 pub const PD_ADDR: u64 = 0xb000;
-/// GiB identity-mapped for the 64-bit entry.
-pub const IDENTITY_MAP_GIB: u64 = 4;
+/// GiB identity-mapped for the 64-bit entry (covers the zone window at 4 GiB).
+pub const IDENTITY_MAP_GIB: u64 = 5;
 /// Kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x20000;
 /// Largest command line accepted (the kernel's own limit, `cmdline_size`, may be smaller).

@@ -29,7 +29,9 @@ pub struct ZoneBacking {
 
 impl std::fmt::Debug for ZoneBacking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZoneBacking").field("len", &self.len()).finish()
+        f.debug_struct("ZoneBacking")
+            .field("len", &self.len())
+            .finish()
     }
 }
 
@@ -37,10 +39,14 @@ impl ZoneBacking {
     /// Allocates `len` bytes (a non-zero multiple of the page size).
     pub fn new(len: u64) -> Result<Arc<ZoneBacking>> {
         if len == 0 || len % PAGE_SIZE != 0 {
-            return Err(VmmError::Zone(format!("backing size {len:#x} is not a non-zero multiple of {PAGE_SIZE:#x}")));
+            return Err(VmmError::Zone(format!(
+                "backing size {len:#x} is not a non-zero multiple of {PAGE_SIZE:#x}"
+            )));
         }
-        let size = usize::try_from(len).map_err(|_| VmmError::Zone(format!("backing size {len:#x} too large")))?;
-        let region = MmapRegion::new(size).map_err(|e| VmmError::Zone(format!("mmap of {len:#x} bytes: {e}")))?;
+        let size = usize::try_from(len)
+            .map_err(|_| VmmError::Zone(format!("backing size {len:#x} too large")))?;
+        let region = MmapRegion::new(size)
+            .map_err(|e| VmmError::Zone(format!("mmap of {len:#x} bytes: {e}")))?;
         Ok(Arc::new(ZoneBacking { region }))
     }
 
@@ -85,7 +91,8 @@ impl ZoneBacking {
 
     /// Fills `[offset, offset + len)` with `byte` (e.g. scrubbing a freed zone).
     pub fn fill(&self, offset: u64, len: u64, byte: u8) -> Result<()> {
-        let len = usize::try_from(len).map_err(|_| VmmError::Zone("fill length too large".into()))?;
+        let len =
+            usize::try_from(len).map_err(|_| VmmError::Zone("fill length too large".into()))?;
         let off = self.check(offset, len)?;
         let slice = self
             .region
@@ -151,8 +158,19 @@ pub struct VmMemoryControl {
 }
 
 impl VmMemoryControl {
-    pub(crate) fn new(vm: Arc<VmFd>, guest_mem: GuestMemoryMmap, first_slot: u32, max_slots: u32) -> Self {
-        VmMemoryControl { vm, guest_mem, zones: BTreeMap::new(), first_slot, max_slots }
+    pub(crate) fn new(
+        vm: Arc<VmFd>,
+        guest_mem: GuestMemoryMmap,
+        first_slot: u32,
+        max_slots: u32,
+    ) -> Self {
+        VmMemoryControl {
+            vm,
+            guest_mem,
+            zones: BTreeMap::new(),
+            first_slot,
+            max_slots,
+        }
     }
 
     /// Registers zone memory `backing[offset..offset+len]` at guest-physical
@@ -161,7 +179,13 @@ impl VmMemoryControl {
     /// `gpa`, `offset` and `len` must be page aligned, the range must lie in
     /// the zone window and not overlap another registered zone, and the
     /// backing range must exist.
-    pub fn map_zone(&mut self, gpa: u64, backing: &Arc<ZoneBacking>, offset: u64, len: u64) -> Result<ZoneSlot> {
+    pub fn map_zone(
+        &mut self,
+        gpa: u64,
+        backing: &Arc<ZoneBacking>,
+        offset: u64,
+        len: u64,
+    ) -> Result<ZoneSlot> {
         let zerr = |m: String| Err(VmmError::Zone(m));
         if gpa % PAGE_SIZE != 0 || offset % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
             return zerr(format!("gpa {gpa:#x}, offset {offset:#x}, len {len:#x} must be page aligned and len non-zero"));
@@ -174,17 +198,41 @@ impl VmMemoryControl {
             ));
         }
         if offset.checked_add(len).is_none_or(|e| e > backing.len()) {
-            return zerr(format!("backing range [{offset:#x}, +{len:#x}) exceeds backing of {:#x} bytes", backing.len()));
+            return zerr(format!(
+                "backing range [{offset:#x}, +{len:#x}) exceeds backing of {:#x} bytes",
+                backing.len()
+            ));
         }
-        if let Some((slot, z)) = self.zones.iter().find(|(_, z)| gpa < z.gpa + z.len && z.gpa < gpa + len) {
-            return zerr(format!("[{gpa:#x}, +{len:#x}) overlaps zone slot {slot} at [{:#x}, +{:#x})", z.gpa, z.len));
+        if let Some((slot, z)) = self
+            .zones
+            .iter()
+            .find(|(_, z)| gpa < z.gpa + z.len && z.gpa < gpa + len)
+        {
+            return zerr(format!(
+                "[{gpa:#x}, +{len:#x}) overlaps zone slot {slot} at [{:#x}, +{:#x})",
+                z.gpa, z.len
+            ));
         }
         let slot = (self.first_slot..self.max_slots)
             .find(|s| !self.zones.contains_key(s))
-            .ok_or_else(|| VmmError::Zone(format!("all {} KVM memory slots in use", self.max_slots)))?;
-        let zone = Zone { gpa, len, backing: Arc::clone(backing), offset, present: false };
+            .ok_or_else(|| {
+                VmmError::Zone(format!("all {} KVM memory slots in use", self.max_slots))
+            })?;
+        let zone = Zone {
+            gpa,
+            len,
+            backing: Arc::clone(backing),
+            offset,
+            present: false,
+        };
         self.install(slot, &zone)?;
-        self.zones.insert(slot, Zone { present: true, ..zone });
+        self.zones.insert(
+            slot,
+            Zone {
+                present: true,
+                ..zone
+            },
+        );
         Ok(ZoneSlot(slot))
     }
 
@@ -224,14 +272,24 @@ impl VmMemoryControl {
     /// State of one zone.
     pub fn zone_info(&self, slot: ZoneSlot) -> Result<ZoneInfo> {
         let z = self.zone(slot)?;
-        Ok(ZoneInfo { slot, gpa: z.gpa, len: z.len, present: z.present })
+        Ok(ZoneInfo {
+            slot,
+            gpa: z.gpa,
+            len: z.len,
+            present: z.present,
+        })
     }
 
     /// All registered zones, by slot.
     pub fn zones(&self) -> Vec<ZoneInfo> {
         self.zones
             .iter()
-            .map(|(s, z)| ZoneInfo { slot: ZoneSlot(*s), gpa: z.gpa, len: z.len, present: z.present })
+            .map(|(s, z)| ZoneInfo {
+                slot: ZoneSlot(*s),
+                gpa: z.gpa,
+                len: z.len,
+                present: z.present,
+            })
             .collect()
     }
 
@@ -240,7 +298,12 @@ impl VmMemoryControl {
         self.zones
             .iter()
             .find(|(_, z)| gpa >= z.gpa && gpa < z.gpa + z.len)
-            .map(|(s, z)| ZoneInfo { slot: ZoneSlot(*s), gpa: z.gpa, len: z.len, present: z.present })
+            .map(|(s, z)| ZoneInfo {
+                slot: ZoneSlot(*s),
+                gpa: z.gpa,
+                len: z.len,
+                present: z.present,
+            })
     }
 
     /// Reads guest RAM (not zone memory) at `gpa`.
@@ -254,11 +317,15 @@ impl VmMemoryControl {
     pub fn write_guest(&self, gpa: u64, data: &[u8]) -> Result<()> {
         self.guest_mem
             .write_slice(data, GuestAddress(gpa))
-            .map_err(|e| VmmError::Memory(format!("guest write [{gpa:#x}, +{:#x}): {e}", data.len())))
+            .map_err(|e| {
+                VmmError::Memory(format!("guest write [{gpa:#x}, +{:#x}): {e}", data.len()))
+            })
     }
 
     fn zone(&self, slot: ZoneSlot) -> Result<&Zone> {
-        self.zones.get(&slot.0).ok_or_else(|| VmmError::Zone(format!("no zone in slot {}", slot.0)))
+        self.zones
+            .get(&slot.0)
+            .ok_or_else(|| VmmError::Zone(format!("no zone in slot {}", slot.0)))
     }
 
     fn install(&self, slot: u32, z: &Zone) -> Result<()> {
@@ -280,7 +347,9 @@ impl VmMemoryControl {
         // freed. The guest range is inside the zone window, disjoint from RAM
         // and from every other zone.
         unsafe { self.vm.set_user_memory_region(region) }.map_err(|e| {
-            VmmError::Zone(format!("KVM_SET_USER_MEMORY_REGION slot {slot} gpa {gpa:#x} len {len:#x}: {e}"))
+            VmmError::Zone(format!(
+                "KVM_SET_USER_MEMORY_REGION slot {slot} gpa {gpa:#x} len {len:#x}: {e}"
+            ))
         })
     }
 }
@@ -288,7 +357,12 @@ impl VmMemoryControl {
 impl Drop for VmMemoryControl {
     fn drop(&mut self) {
         // Delete every slot before the backings can be freed.
-        let slots: Vec<u32> = self.zones.iter().filter(|(_, z)| z.present).map(|(s, _)| *s).collect();
+        let slots: Vec<u32> = self
+            .zones
+            .iter()
+            .filter(|(_, z)| z.present)
+            .map(|(s, _)| *s)
+            .collect();
         for s in slots {
             let gpa = self.zones[&s].gpa;
             let _ = self.set_region(s, gpa, 0, 0);

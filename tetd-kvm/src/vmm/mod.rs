@@ -48,7 +48,9 @@ mod memctl;
 mod mptable;
 mod vm;
 
-pub use console::{scan as scan_console, ConsoleBuffer, ConsoleVerdict, CAPTURE_LIMIT, EXIT_SENTINEL};
+pub use console::{
+    scan as scan_console, ConsoleBuffer, ConsoleVerdict, CAPTURE_LIMIT, EXIT_SENTINEL,
+};
 pub use error::{Result, VmmError};
 pub use kvm_bindings::kvm_regs;
 pub use layout::{MAX_MEM_MIB, MIN_MEM_MIB};
@@ -69,7 +71,8 @@ pub const MAX_VCPUS: u8 = 8;
 /// `KVM_EXIT_SHUTDOWN`), `panic=-1` (reboot at once on panic), `pci=off`
 /// (there is no PCI bus), `no_timer_check` / `tsc=reliable` (skip slow
 /// timer checks in a VM), `i8042.*` (no PS/2 controller: do not probe it).
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 pci=off no_timer_check tsc=reliable \
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=t panic=-1 pci=off no_timer_check tsc=reliable \
      i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on";
 
 /// What to boot and how.
@@ -118,7 +121,10 @@ impl VmConfig {
     /// Checks the numbers and that the files exist.
     pub fn validate(&self) -> Result<()> {
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            return Err(VmmError::Config(format!("vcpus = {}: must be 1..={MAX_VCPUS}", self.vcpus)));
+            return Err(VmmError::Config(format!(
+                "vcpus = {}: must be 1..={MAX_VCPUS}",
+                self.vcpus
+            )));
         }
         if self.mem_mib < MIN_MEM_MIB || self.mem_mib > MAX_MEM_MIB {
             return Err(VmmError::Config(format!(
@@ -130,7 +136,9 @@ impl VmConfig {
             return Err(VmmError::Config("timeout must be non-zero".into()));
         }
         if self.cmdline.bytes().any(|b| b == 0) {
-            return Err(VmmError::Config("kernel command line contains a NUL byte".into()));
+            return Err(VmmError::Config(
+                "kernel command line contains a NUL byte".into(),
+            ));
         }
         check_file(&self.kernel, "kernel")?;
         if let Some(initrd) = &self.initrd {
@@ -143,8 +151,14 @@ impl VmConfig {
 fn check_file(path: &Path, what: &str) -> Result<()> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(_) => Err(VmmError::Config(format!("{what} {} is not a regular file", path.display()))),
-        Err(source) => Err(VmmError::Io { path: path.to_path_buf(), source }),
+        Ok(_) => Err(VmmError::Config(format!(
+            "{what} {} is not a regular file",
+            path.display()
+        ))),
+        Err(source) => Err(VmmError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -182,8 +196,14 @@ pub enum VmExit {
 impl std::fmt::Display for VmExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            VmExit::Status { code, via: StatusSource::Port } => write!(f, "exit status {code} (exit port)"),
-            VmExit::Status { code, via: StatusSource::Sentinel } => write!(f, "exit status {code} (console sentinel)"),
+            VmExit::Status {
+                code,
+                via: StatusSource::Port,
+            } => write!(f, "exit status {code} (exit port)"),
+            VmExit::Status {
+                code,
+                via: StatusSource::Sentinel,
+            } => write!(f, "exit status {code} (console sentinel)"),
             VmExit::Shutdown => write!(f, "guest shut down without an exit status"),
             VmExit::Panic(line) => write!(f, "guest kernel panic: {line}"),
             VmExit::Timeout => write!(f, "timeout: guest stopped"),
@@ -261,7 +281,12 @@ pub trait HypercallHandler: Send {
     }
 
     /// A hypercall with R10 == [`TETD_VMCALL_VENDOR`] from vCPU `vcpu`.
-    fn hypercall(&mut self, mem: &mut VmMemoryControl, vcpu: u32, call: HypercallArgs) -> HypercallRet;
+    fn hypercall(
+        &mut self,
+        mem: &mut VmMemoryControl,
+        vcpu: u32,
+        call: HypercallArgs,
+    ) -> HypercallRet;
 
     /// A guest access to an unbacked part of the zone window.
     fn violation(&mut self, mem: &mut VmMemoryControl, v: Violation) {

@@ -40,7 +40,10 @@ const MPC_APIC_USABLE: u8 = 1;
 const BUS_ISA: u8 = 0;
 
 fn checksum(bytes: &[u8]) -> u8 {
-    bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
+    bytes
+        .iter()
+        .fold(0u8, |a, b| a.wrapping_add(*b))
+        .wrapping_neg()
 }
 
 /// Builds the floating pointer and configuration table for `cpus` vCPUs,
@@ -83,7 +86,9 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>> {
         cpus as usize * MPC_CPU_SIZE + (4 + IOAPIC_PINS as usize) * MPC_SMALL_ENTRY_SIZE
     );
     if MPF_SIZE + table_len > MPTABLE_ROOM {
-        return Err(VmmError::Config(format!("MP table for {cpus} vCPUs does not fit in {MPTABLE_ROOM} bytes")));
+        return Err(VmmError::Config(format!(
+            "MP table for {cpus} vCPUs does not fit in {MPTABLE_ROOM} bytes"
+        )));
     }
 
     let mut mpc = Vec::with_capacity(table_len);
@@ -140,7 +145,10 @@ mod tests {
         let count = u16::from_le_bytes([mpc[34], mpc[35]]);
         assert_eq!(count, 2 + 1 + 1 + 24 + 2);
         // Second processor entry: APIC id 1, enabled, not BSP.
-        assert_eq!(&mpc[44 + 20..44 + 24], &[MP_PROCESSOR, 1, APIC_VERSION, CPU_ENABLED]);
+        assert_eq!(
+            &mpc[44 + 20..44 + 24],
+            &[MP_PROCESSOR, 1, APIC_VERSION, CPU_ENABLED]
+        );
         assert_eq!(mpc[44 + 3], CPU_ENABLED | CPU_BOOTPROCESSOR);
     }
 

@@ -5,9 +5,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
-use tetd::abi::{Error as AbiError, SIM_EXIT_PORT, SIM_HYPERCALL_PORT, TETD_VMCALL_VENDOR, ZONE_GPA_BASE, ZONE_GPA_SIZE};
+use tetd::abi::{
+    Error as AbiError, SIM_EXIT_PORT, SIM_HYPERCALL_PORT, TETD_VMCALL_VENDOR, ZONE_GPA_BASE,
+    ZONE_GPA_SIZE,
+};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -17,8 +22,8 @@ use super::kick::{self, ImmediateExitGuard};
 use super::layout::*;
 use super::memctl::VmMemoryControl;
 use super::{
-    boot, cpuid, mptable, HypercallArgs, HypercallHandler, HypercallRet, StatusSource, Violation, VmConfig, VmExit,
-    VmOutcome, VmStats,
+    boot, cpuid, mptable, HypercallArgs, HypercallHandler, HypercallRet, StatusSource, Violation,
+    VmConfig, VmExit, VmOutcome, VmStats,
 };
 
 const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
@@ -35,7 +40,9 @@ const KVM_SYSTEM_EVENT_CRASH: u32 = 3;
 
 /// Whether `/dev/kvm` can be opened (tests use this to skip).
 pub fn kvm_available() -> std::result::Result<(), String> {
-    Kvm::new().map(|_| ()).map_err(|e| format!("/dev/kvm unusable: {e}"))
+    Kvm::new()
+        .map(|_| ())
+        .map_err(|e| format!("/dev/kvm unusable: {e}"))
 }
 
 /// Why the run loop ended, before the console is consulted.
@@ -108,11 +115,12 @@ impl VmHandle {
     /// at its start; kicks after it ended are ignored.
     pub fn kick(&self, vcpu: u32) -> Result<()> {
         let idx = vcpu as usize;
-        let ctl = self
-            .shared
-            .vcpus
-            .get(idx)
-            .ok_or_else(|| VmmError::Config(format!("kick: no vCPU {vcpu} (VM has {})", self.shared.vcpus.len())))?;
+        let ctl = self.shared.vcpus.get(idx).ok_or_else(|| {
+            VmmError::Config(format!(
+                "kick: no vCPU {vcpu} (VM has {})",
+                self.shared.vcpus.len()
+            ))
+        })?;
         ctl.kick.store(true, Ordering::SeqCst);
         self.shared.kick_thread(idx)
     }
@@ -168,11 +176,17 @@ impl Vm {
             }
         }
         let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
-        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        vm.set_tss_address(KVM_TSS_ADDR).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        vm.create_pit2(kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() })
-            .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR)
+            .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        vm.set_tss_address(KVM_TSS_ADDR)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
         let mem_size = config.mem_mib << 20;
         let mem = boot::create_guest_memory(mem_size)?;
@@ -189,7 +203,8 @@ impl Vm {
         // SAFETY: `host..host+mem_size` is the single mmap region of `mem`,
         // which the `Vm` (and any `VmMemoryControl` clone of it) keeps alive
         // at least as long as the VM fd (field drop order).
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (RAM)"))?;
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (RAM)"))?;
 
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
         let initrd = match &config.initrd {
@@ -199,23 +214,35 @@ impl Vm {
         boot::write_boot_structures(&mem, &kernel, &config.cmdline, initrd, mem_size)?;
         mptable::write(&mem, config.vcpus)?;
 
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| VmmError::Os { op: "eventfd (serial irq)", source })?;
-        vm.register_irqfd(&irq, COM1_GSI).map_err(kvm_err("KVM_IRQFD (serial)"))?;
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| VmmError::Os {
+            op: "eventfd (serial irq)",
+            source,
+        })?;
+        vm.register_irqfd(&irq, COM1_GSI)
+            .map_err(kvm_err("KVM_IRQFD (serial)"))?;
         let console = ConsoleBuffer::default();
         let serial = console::new_serial(irq, console.clone(), config.echo_console);
 
-        let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
-            let vcpu = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            vcpu.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.vcpus)).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            vcpu.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.vcpus))
+                .map_err(kvm_err("KVM_SET_CPUID2"))?;
             setup_msrs(&vcpu)?;
             setup_lapic(&vcpu)?;
-            vcpu.set_fpu(&boot::boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))?;
+            vcpu.set_fpu(&boot::boot_fpu())
+                .map_err(kvm_err("KVM_SET_FPU"))?;
             if id == 0 {
                 let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-                vcpu.set_sregs(&boot::boot_sregs(sregs)).map_err(kvm_err("KVM_SET_SREGS"))?;
-                vcpu.set_regs(&boot::boot_regs(kernel.entry)).map_err(kvm_err("KVM_SET_REGS"))?;
+                vcpu.set_sregs(&boot::boot_sregs(sregs))
+                    .map_err(kvm_err("KVM_SET_SREGS"))?;
+                vcpu.set_regs(&boot::boot_regs(kernel.entry))
+                    .map_err(kvm_err("KVM_SET_REGS"))?;
             }
             vcpus.push(vcpu);
         }
@@ -227,23 +254,44 @@ impl Vm {
             end: Mutex::new(None),
             end_cv: Condvar::new(),
             vcpus: (0..config.vcpus)
-                .map(|_| VcpuControl { thread: Mutex::new(None), kick: AtomicBool::new(false) })
+                .map(|_| VcpuControl {
+                    thread: Mutex::new(None),
+                    kick: AtomicBool::new(false),
+                })
                 .collect(),
             console,
             counters: Counters::default(),
         });
-        Ok(Vm { vcpus, vm, mem, serial: Mutex::new(serial), shared, max_slots, timeout: config.timeout })
+        Ok(Vm {
+            vcpus,
+            vm,
+            mem,
+            serial: Mutex::new(serial),
+            shared,
+            max_slots,
+            timeout: config.timeout,
+        })
     }
 
     /// A handle for other threads.
     pub fn handle(&self) -> VmHandle {
-        VmHandle { shared: Arc::clone(&self.shared) }
+        VmHandle {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Runs the guest until it ends, the timeout expires or [`VmHandle::stop`]
     /// is called. Returns the outcome and the handler.
     pub fn run<H: HypercallHandler>(self, mut handler: H) -> Result<(VmOutcome, H)> {
-        let Vm { vcpus, vm, mem, serial, shared, max_slots, timeout } = self;
+        let Vm {
+            vcpus,
+            vm,
+            mem,
+            serial,
+            shared,
+            max_slots,
+            timeout,
+        } = self;
         let mut memctl = VmMemoryControl::new(Arc::clone(&vm), mem.clone(), 1, max_slots);
         handler.start(&mut memctl)?;
         let handler = Mutex::new((handler, memctl));
@@ -252,11 +300,20 @@ impl Vm {
         std::thread::scope(|scope| -> Result<()> {
             let mut threads = Vec::new();
             for (id, vcpu) in vcpus.into_iter().enumerate() {
-                let ctx = RunCtx { id: id as u32, shared: &shared, serial: &serial, handler: &handler, debug };
+                let ctx = RunCtx {
+                    id: id as u32,
+                    shared: &shared,
+                    serial: &serial,
+                    handler: &handler,
+                    debug,
+                };
                 let t = std::thread::Builder::new()
                     .name(format!("vcpu{id}"))
                     .spawn_scoped(scope, move || ctx.run(vcpu))
-                    .map_err(|source| VmmError::Os { op: "spawn vCPU thread", source });
+                    .map_err(|source| VmmError::Os {
+                        op: "spawn vCPU thread",
+                        source,
+                    });
                 match t {
                     Ok(t) => threads.push(t),
                     Err(e) => {
@@ -281,12 +338,20 @@ impl Vm {
         let elapsed = start.elapsed();
         let (handler, memctl) = handler.into_inner().unwrap_or_else(|p| p.into_inner());
         drop(memctl);
-        let end = lock(&shared.end).clone().unwrap_or(EndEvent::Error("VM ended without a reason".into()));
+        let end = lock(&shared.end)
+            .clone()
+            .unwrap_or(EndEvent::Error("VM ended without a reason".into()));
         let console = shared.console.text();
         let exit = match end {
-            EndEvent::PortStatus(code) => VmExit::Status { code, via: StatusSource::Port },
+            EndEvent::PortStatus(code) => VmExit::Status {
+                code,
+                via: StatusSource::Port,
+            },
             EndEvent::Shutdown => match console::scan(&console) {
-                ConsoleVerdict::Status(code) => VmExit::Status { code, via: StatusSource::Sentinel },
+                ConsoleVerdict::Status(code) => VmExit::Status {
+                    code,
+                    via: StatusSource::Sentinel,
+                },
                 ConsoleVerdict::Panic(line) => VmExit::Panic(line),
                 ConsoleVerdict::None => VmExit::Shutdown,
             },
@@ -303,7 +368,15 @@ impl Vm {
             violations: c.violations.load(Ordering::Relaxed),
             kicks: c.kicks.load(Ordering::Relaxed),
         };
-        Ok((VmOutcome { exit, console, elapsed, stats }, handler))
+        Ok((
+            VmOutcome {
+                exit,
+                console,
+                elapsed,
+                stats,
+            },
+            handler,
+        ))
     }
 }
 
@@ -315,19 +388,35 @@ fn wait_for_end(shared: &Shared, deadline: Instant) {
             *end = Some(EndEvent::Timeout);
             break;
         }
-        end = shared.end_cv.wait_timeout(end, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+        end = shared
+            .end_cv
+            .wait_timeout(end, deadline - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
 }
 
 fn setup_msrs(vcpu: &VcpuFd) -> Result<()> {
     let entries = [
-        kvm_bindings::kvm_msr_entry { index: MSR_IA32_MISC_ENABLE, data: MISC_ENABLE_FAST_STRING, ..Default::default() },
-        kvm_bindings::kvm_msr_entry { index: MSR_MTRR_DEF_TYPE, data: MTRR_ENABLE_WB, ..Default::default() },
+        kvm_bindings::kvm_msr_entry {
+            index: MSR_IA32_MISC_ENABLE,
+            data: MISC_ENABLE_FAST_STRING,
+            ..Default::default()
+        },
+        kvm_bindings::kvm_msr_entry {
+            index: MSR_MTRR_DEF_TYPE,
+            data: MTRR_ENABLE_WB,
+            ..Default::default()
+        },
     ];
-    let msrs = Msrs::from_entries(&entries).map_err(|e| VmmError::Config(format!("MSR list: {e:?}")))?;
+    let msrs =
+        Msrs::from_entries(&entries).map_err(|e| VmmError::Config(format!("MSR list: {e:?}")))?;
     let n = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     if n != entries.len() {
-        return Err(VmmError::Config(format!("KVM accepted only {n} of {} boot MSRs", entries.len())));
+        return Err(VmmError::Config(format!(
+            "KVM accepted only {n} of {} boot MSRs",
+            entries.len()
+        )));
     }
     Ok(())
 }
@@ -351,8 +440,14 @@ fn setup_lapic(vcpu: &VcpuFd) -> Result<()> {
 enum Pending {
     None,
     Hypercall,
-    Violation { gpa: u64, len: u32, write: bool, value: u64 },
+    Violation {
+        gpa: u64,
+        len: u32,
+        write: bool,
+        value: u64,
+    },
     End(EndEvent),
+    InternalError,
 }
 
 struct RunCtx<'a, H> {
@@ -394,8 +489,13 @@ impl<H: HypercallHandler> RunCtx<'_, H> {
                         eprintln!("tetd-vmm: regs {r:x?}");
                         if let Ok(t) = vcpu.translate_gva(r.rip.saturating_sub(32)) {
                             let mut code = [0u8; 64];
-                            let _ = lock(self.handler).1.read_guest(t.physical_address, &mut code);
-                            eprintln!("tetd-vmm: code at rip-32 (gpa {:#x}): {code:02x?}", t.physical_address);
+                            let _ = lock(self.handler)
+                                .1
+                                .read_guest(t.physical_address, &mut code);
+                            eprintln!(
+                                "tetd-vmm: code at rip-32 (gpa {:#x}): {code:02x?}",
+                                t.physical_address
+                            );
                         }
                     }
                 }
@@ -416,24 +516,45 @@ impl<H: HypercallHandler> RunCtx<'_, H> {
                     vcpu.set_kvm_immediate_exit(0);
                     Pending::None
                 }
-                Err(e) => Pending::End(EndEvent::Error(format!("vCPU {}: KVM_RUN failed: {e}", self.id))),
+                Err(e) => Pending::End(EndEvent::Error(format!(
+                    "vCPU {}: KVM_RUN failed: {e}",
+                    self.id
+                ))),
             };
             match pending {
                 Pending::None => {}
                 Pending::End(ev) => return Some(ev),
+                Pending::InternalError => return Some(EndEvent::Error(self.internal_error(vcpu))),
                 Pending::Hypercall => {
                     c.hypercalls.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = self.hypercall(vcpu) {
                         return Some(EndEvent::Error(e));
                     }
                 }
-                Pending::Violation { gpa, len, write, value } => {
+                Pending::Violation {
+                    gpa,
+                    len,
+                    write,
+                    value,
+                } => {
                     c.violations.fetch_add(1, Ordering::Relaxed);
                     let rip = match vcpu.get_regs() {
                         Ok(r) => r.rip,
-                        Err(e) => return Some(EndEvent::Error(format!("vCPU {}: KVM_GET_REGS: {e}", self.id))),
+                        Err(e) => {
+                            return Some(EndEvent::Error(format!(
+                                "vCPU {}: KVM_GET_REGS: {e}",
+                                self.id
+                            )))
+                        }
                     };
-                    let v = Violation { vcpu: self.id, gpa, len, write, value, rip };
+                    let v = Violation {
+                        vcpu: self.id,
+                        gpa,
+                        len,
+                        write,
+                        value,
+                        rip,
+                    };
                     if let Err(e) = self.with_handler("violation", |h, mem| h.violation(mem, v)) {
                         return Some(EndEvent::Error(e));
                     }
@@ -476,7 +597,12 @@ impl<H: HypercallHandler> RunCtx<'_, H> {
                 c.mmio_exits.fetch_add(1, Ordering::Relaxed);
                 data.fill(0xff);
                 if in_zone_window(addr) {
-                    Pending::Violation { gpa: addr, len: data.len() as u32, write: false, value: 0 }
+                    Pending::Violation {
+                        gpa: addr,
+                        len: data.len() as u32,
+                        write: false,
+                        value: 0,
+                    }
                 } else {
                     Pending::None
                 }
@@ -487,7 +613,12 @@ impl<H: HypercallHandler> RunCtx<'_, H> {
                     let mut v = [0u8; 8];
                     let n = data.len().min(8);
                     v[..n].copy_from_slice(&data[..n]);
-                    Pending::Violation { gpa: addr, len: data.len() as u32, write: true, value: u64::from_le_bytes(v) }
+                    Pending::Violation {
+                        gpa: addr,
+                        len: data.len() as u32,
+                        write: true,
+                        value: u64::from_le_bytes(v),
+                    }
                 } else {
                     Pending::None
                 }
@@ -497,33 +628,46 @@ impl<H: HypercallHandler> RunCtx<'_, H> {
                 KVM_SYSTEM_EVENT_SHUTDOWN | KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_CRASH => {
                     Pending::End(EndEvent::Shutdown)
                 }
-                other => Pending::End(EndEvent::Error(format!("vCPU {}: unexpected system event {other}", self.id))),
+                other => Pending::End(EndEvent::Error(format!(
+                    "vCPU {}: unexpected system event {other}",
+                    self.id
+                ))),
             },
             VcpuExit::FailEntry(reason, cpu) => Pending::End(EndEvent::Error(format!(
                 "vCPU {}: VM entry failed (hardware reason {reason:#x}, host cpu {cpu})",
                 self.id
             ))),
-            VcpuExit::InternalError => Pending::End(EndEvent::Error(format!(
-                "vCPU {}: KVM internal error (e.g. an instruction KVM cannot emulate)",
+            VcpuExit::InternalError => Pending::InternalError,
+            other => Pending::End(EndEvent::Error(format!(
+                "vCPU {}: unexpected exit {other:?}",
                 self.id
             ))),
-            other => Pending::End(EndEvent::Error(format!("vCPU {}: unexpected exit {other:?}", self.id))),
         }
     }
 
     /// Runs `f` on the handler under the lock; a panicking handler ends the VM.
-    fn with_handler<R>(&self, what: &str, f: impl FnOnce(&mut H, &mut VmMemoryControl) -> R) -> std::result::Result<R, String> {
+    fn with_handler<R>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut H, &mut VmMemoryControl) -> R,
+    ) -> std::result::Result<R, String> {
         let mut guard = lock(self.handler);
         let (h, mem) = &mut *guard;
-        catch_unwind(AssertUnwindSafe(|| f(h, mem))).map_err(|_| format!("the {what} handler panicked"))
+        catch_unwind(AssertUnwindSafe(|| f(h, mem)))
+            .map_err(|_| format!("the {what} handler panicked"))
     }
 
     fn hypercall(&self, vcpu: &VcpuFd) -> std::result::Result<(), String> {
-        let mut regs = vcpu.get_regs().map_err(|e| format!("vCPU {}: KVM_GET_REGS: {e}", self.id))?;
+        let mut regs = vcpu
+            .get_regs()
+            .map_err(|e| format!("vCPU {}: KVM_GET_REGS: {e}", self.id))?;
         let ret = if regs.r10 != TETD_VMCALL_VENDOR {
             HypercallRet::err(AbiError::InvalidArgument)
         } else {
-            let call = HypercallArgs { leaf: regs.r11, args: [regs.r12, regs.r13, regs.r14, regs.r15] };
+            let call = HypercallArgs {
+                leaf: regs.r11,
+                args: [regs.r12, regs.r13, regs.r14, regs.r15],
+            };
             self.with_handler("hypercall", |h, mem| h.hypercall(mem, self.id, call))?
         };
         regs.r10 = ret.status;
@@ -532,15 +676,54 @@ impl<H: HypercallHandler> RunCtx<'_, H> {
         regs.r13 = ret.results[2];
         // RIP is unchanged, so KVM still skips the `out` when it completes the
         // port write on the next KVM_RUN (see the module documentation).
-        vcpu.set_regs(&regs).map_err(|e| format!("vCPU {}: KVM_SET_REGS: {e}", self.id))
+        vcpu.set_regs(&regs)
+            .map_err(|e| format!("vCPU {}: KVM_SET_REGS: {e}", self.id))
+    }
+
+    /// Describes a `KVM_EXIT_INTERNAL_ERROR` (suberror, data, RIP, code bytes).
+    fn internal_error(&self, vcpu: &mut VcpuFd) -> String {
+        // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal`
+        // is the active member of the kvm_run exit union.
+        let internal = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let what = match internal.suberror {
+            1 => "instruction emulation failed",
+            2 => "simultaneous exceptions",
+            3 => "delivery event failed",
+            4 => "unexpected exit reason",
+            _ => "unknown",
+        };
+        let mut msg = format!(
+            "vCPU {}: KVM internal error {} ({what}), data {:x?}",
+            self.id,
+            internal.suberror,
+            &internal.data[..n]
+        );
+        if let Ok(r) = vcpu.get_regs() {
+            msg.push_str(&format!(", rip {:#x}", r.rip));
+            if let Ok(t) = vcpu.translate_gva(r.rip) {
+                let mut code = [0u8; 16];
+                if lock(self.handler)
+                    .1
+                    .read_guest(t.physical_address, &mut code)
+                    .is_ok()
+                {
+                    msg.push_str(&format!(", code {code:02x?}"));
+                }
+            }
+        }
+        msg
     }
 
     fn deliver_kick(&self, vcpu: &VcpuFd) -> std::result::Result<(), String> {
-        let regs = vcpu.get_regs().map_err(|e| format!("vCPU {}: KVM_GET_REGS: {e}", self.id))?;
+        let regs = vcpu
+            .get_regs()
+            .map_err(|e| format!("vCPU {}: KVM_GET_REGS: {e}", self.id))?;
         let mut new = regs;
         self.with_handler("kick", |h, mem| h.kicked(mem, self.id, &mut new))?;
         if new != regs {
-            vcpu.set_regs(&new).map_err(|e| format!("vCPU {}: KVM_SET_REGS: {e}", self.id))?;
+            vcpu.set_regs(&new)
+                .map_err(|e| format!("vCPU {}: KVM_SET_REGS: {e}", self.id))?;
         }
         Ok(())
     }

@@ -1,0 +1,121 @@
+/*
+ * Micro guests for the VMM tests: tiny x86-64 "kernels" (static ELF, entry in
+ * 64-bit mode through the VMM's 64-bit boot protocol set-up, identity-mapped
+ * 0..5 GiB) that exercise one VMM feature each in a few instructions, so the
+ * tests run in milliseconds even where KVM emulates guest kernel code.
+ *
+ * Build (the tests do this): gcc -c -DSCENARIO_<NAME> micro.S && ld -Ttext=0x200000 -e _start
+ * Scenarios:
+ *   EXIT      write 7 to the exit port
+ *   HYPERCALL TETD hypercall with known arguments, report what came back;
+ *             the same with a wrong R10; exit 0
+ *   ZONE      read a mapped zone page, ask the host to block it, read and
+ *             write it (violations), ask to unblock it, read again; exit 0
+ *   SPIN      loop forever (timeout test)
+ *   KICK      spin until RAX != 0, then exit with status AL (the test's
+ *             kick handler sets RAX)
+ */
+        .intel_syntax noprefix
+
+#define VENDOR          0x54455444      /* tetd::abi::TETD_VMCALL_VENDOR */
+#define HC_PORT         0x0e40          /* tetd::abi::SIM_HYPERCALL_PORT */
+#define EXIT_PORT       0x0e44          /* tetd::abi::SIM_EXIT_PORT */
+#define ZONE_BASE       0x100000000     /* tetd::abi::ZONE_GPA_BASE */
+#define LEAF_REPORT     0x5250          /* test-only leaves, answered by the test handler */
+#define LEAF_BLOCK      0x424c
+#define LEAF_UNBLOCK    0x554e
+
+        /* One hypercall with R10..R15 already loaded. */
+        .macro  HCALL
+        mov     dx, HC_PORT
+        out     dx, al
+        .endm
+
+        /* Report R10..R13 (status, results) of the previous hypercall. */
+        .macro  REPORT_RESULT
+        mov     r15, r13
+        mov     r14, r12
+        mov     r13, r11
+        mov     r12, r10
+        mov     r11, LEAF_REPORT
+        mov     r10, VENDOR
+        HCALL
+        .endm
+
+        /* Report one value (in RAX). */
+        .macro  REPORT_RAX
+        mov     r12, rax
+        xor     r13, r13
+        xor     r14, r14
+        xor     r15, r15
+        mov     r11, LEAF_REPORT
+        mov     r10, VENDOR
+        HCALL
+        .endm
+
+        .macro  LEAF n
+        mov     r10, VENDOR
+        mov     r11, \n
+        xor     r12, r12
+        xor     r13, r13
+        xor     r14, r14
+        xor     r15, r15
+        HCALL
+        .endm
+
+        .macro  EXIT code
+        mov     al, \code
+        mov     dx, EXIT_PORT
+        out     dx, al
+        .endm
+
+        .text
+        .globl  _start
+_start:
+#if defined(SCENARIO_EXIT)
+        EXIT    7
+
+#elif defined(SCENARIO_HYPERCALL)
+        mov     r10, VENDOR
+        mov     r11, 0x77
+        mov     r12, 0x1111111111111111
+        mov     r13, 0x2222222222222222
+        mov     r14, 0x3333333333333333
+        mov     r15, 0x4444444444444444
+        HCALL
+        REPORT_RESULT
+        mov     r10, 0x1234             /* not the TETD vendor value */
+        mov     r11, 0x77
+        HCALL
+        REPORT_RESULT
+        EXIT    0
+
+#elif defined(SCENARIO_ZONE)
+        mov     rbx, ZONE_BASE
+        mov     rax, [rbx]              /* mapped: the host's pattern */
+        REPORT_RAX
+        LEAF    LEAF_BLOCK
+        mov     rax, [rbx + 8]          /* blocked: violation, reads all-ones */
+        REPORT_RAX
+        mov     rcx, 0x5a5a5a5a5a5a5a5a
+        mov     [rbx + 16], rcx         /* blocked: violation, write dropped */
+        LEAF    LEAF_UNBLOCK
+        mov     rax, [rbx + 16]         /* unblocked: old content */
+        REPORT_RAX
+        EXIT    0
+
+#elif defined(SCENARIO_SPIN)
+1:      jmp     1b
+
+#elif defined(SCENARIO_KICK)
+        xor     eax, eax
+1:      test    rax, rax
+        jz      1b
+        mov     dx, EXIT_PORT
+        out     dx, al
+
+#else
+#error "define one SCENARIO_*"
+#endif
+2:      hlt
+        jmp     2b
