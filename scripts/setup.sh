@@ -59,7 +59,7 @@ install_pkgs() {
 }
 
 mkdir -p "$ROOT/build"
-install_pkgs busybox-static cpio build-essential gcc
+install_pkgs busybox-static cpio build-essential gcc xz-utils
 
 # --- guest kernel -----------------------------------------------------------
 resolve_kernel_version() {
@@ -104,6 +104,37 @@ if [ ! -f "$KDIR/boot/vmlinuz-$KVER" ]; then
     rm -rf "$tmp"
     trap - EXIT
 fi
+# The uncompressed kernel (ELF vmlinux) next to the bzImage: the VMM boots
+# either; vmlinux skips the in-guest decompressor, which matters where KVM
+# emulates guest kernel code (e.g. the PVM backend) instead of running it.
+VMLINUX="$KDIR/boot/vmlinux-$KVER"
+if [ ! -f "$VMLINUX" ]; then
+    bz="$KDIR/boot/vmlinuz-$KVER"
+    u8() { od -An -tu1 -j "$2" -N1 "$1" | tr -d ' '; }
+    u32() { od -An -tu4 -j "$2" -N4 "$1" | tr -d ' '; }
+    setup_sects="$(u8 "$bz" 497)"
+    [ "$setup_sects" -eq 0 ] && setup_sects=4
+    off=$(( (setup_sects + 1) * 512 + $(u32 "$bz" $((0x248))) ))
+    len="$(u32 "$bz" $((0x24c)))"
+    magic="$(od -An -tx1 -j "$off" -N4 "$bz" | tr -d ' ')"
+    case "$magic" in
+        fd377a58) dec="xz -dc" ;;
+        1f8b*) dec="gzip -dc" ;;
+        28b52ffd) dec="zstd -dc" ;;
+        *) die "unknown bzImage payload compression (magic $magic) in $bz" ;;
+    esac
+    log "extracting vmlinux-$KVER from the bzImage payload ($dec)"
+    # The kernel's payload is the compressed stream followed by the
+    # uncompressed size (le32); the decompressor reports the trailer as
+    # garbage, so check the result by its size and ELF magic instead.
+    want="$(u32 "$bz" $((off + len - 4)))"
+    tail -c +"$((off + 1))" "$bz" | head -c "$len" | $dec > "$VMLINUX.partial" 2>/dev/null || true
+    got="$(stat -c %s "$VMLINUX.partial")"
+    [ "$got" = "$want" ] || die "decompressed payload of $bz has $got bytes, expected $want"
+    [ "$(od -An -tx1 -N4 "$VMLINUX.partial" | tr -d ' ')" = 7f454c46 ] || die "payload of $bz is not an ELF vmlinux"
+    mv "$VMLINUX.partial" "$VMLINUX"
+fi
+
 mkdir -p "$GUEST_DIR"
 if [ "$(cat "$GUEST_DIR/KERNEL_VERSION" 2>/dev/null)" != "$KVER" ]; then
     echo "$KVER" > "$GUEST_DIR/KERNEL_VERSION"
