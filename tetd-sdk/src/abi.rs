@@ -201,6 +201,29 @@ pub mod tdx {
     /// TDH.MEM.RANGE.UNBLOCK.
     pub const TDH_MEM_RANGE_UNBLOCK: u64 = 39;
 
+    /// TDH.MEM.SEPT.ADD (the kernel patch adds Secure-EPT pages for the zone
+    /// window with it; Linux `arch/x86/virt/vmx/tdx/tdx.h`).
+    pub const TDH_MEM_SEPT_ADD: u64 = 3;
+
+    /// Page level in bits 2:0 of a GPA operand ("EPT mapping info"): 4 KiB.
+    /// Linux `arch/x86/include/asm/shared/tdx.h` `TDX_PS_4K`; the same
+    /// encoding is the Secure-EPT level of TDH.MEM.* (`pg_level_to_tdx_sept_level()`).
+    pub const TDX_PS_4K: u64 = 0;
+    /// Page level 2 MiB (`TDX_PS_2M`).
+    pub const TDX_PS_2M: u64 = 1;
+    /// Page level 1 GiB (`TDX_PS_1G`).
+    pub const TDX_PS_1G: u64 = 2;
+    /// Bits of a GPA operand that carry the level.
+    pub const LEVEL_MASK: u64 = 0x7;
+
+    /// Software status Linux returns when the SEAMCALL instruction itself
+    /// failed (bit 63 | bits 47:40; Linux `arch/x86/include/asm/tdx.h`
+    /// `TDX_SW_ERROR`).
+    pub const TDX_SW_ERROR: u64 = (1 << 63) | (0xFF << 40);
+    /// SEAMCALL VMfailInvalid (CF set: no TDX module loaded); Linux
+    /// `TDX_SEAMCALL_VMFAILINVALID`.
+    pub const TDX_SEAMCALL_VMFAILINVALID: u64 = TDX_SW_ERROR | 0xFFFF_0000;
+
     /// Number of runtime measurement registers (RTMR0..RTMR3); TDG.MR.RTMR.EXTEND
     /// rejects `index >= NUM_RTMRS` with [`TDX_OPERAND_INVALID`]
     /// (tdx-module `src/td_dispatcher/vm_exits/tdg_mr_rtmr_extend.c`).
@@ -287,6 +310,7 @@ pub mod tdx {
             TDX_PAGE_ALREADY_ACCEPTED => "TDX_PAGE_ALREADY_ACCEPTED",
             TDX_PAGE_SIZE_MISMATCH => "TDX_PAGE_SIZE_MISMATCH",
             TDX_EPT_ENTRY_STATE_INCORRECT => "TDX_EPT_ENTRY_STATE_INCORRECT",
+            TDX_SW_ERROR => "TDX_SW_ERROR (the SEAMCALL/TDCALL instruction failed)",
             _ => "TDX_UNKNOWN_STATUS",
         }
     }

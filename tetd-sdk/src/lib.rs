@@ -7,6 +7,7 @@
 //!   the agent descriptor, the call frame and the services table;
 //! * [`image`] — the `.tetd` image format (parse, check, write);
 //! * [`verify`] — signature verification and the signer allow-list;
+//! * [`tdcall`] — register marshalling of the guest's TDCALLs (real TDX);
 //! * [`Call`] — the context an agent handler sees.
 //!
 //! Agents are written as
@@ -34,6 +35,7 @@ extern crate std;
 pub mod abi;
 mod call;
 pub mod image;
+pub mod tdcall;
 pub mod verify;
 
 pub use abi::{Error, Mode};
