@@ -32,7 +32,7 @@ fn micro(test: &str, scenario: &str) -> Option<VmConfig> {
             Some(c)
         }
         Err(e) => {
-            eprintln!("SKIP {test}: cannot build micro guest: {e}");
+            vmm_common::skip(test, &format!("cannot build micro guest: {e}"));
             None
         }
     }

@@ -5,13 +5,21 @@
 //! CET is hidden because the VMM does not manage the CET MSRs / XSS state on
 //! behalf of the guest and the 6.1 guest kernel would otherwise try to
 //! enable indirect-branch tracking or shadow stacks on a host that has them.
+//!
+//! Where the KVM backend *emulates* guest kernel code instead of running it
+//! (PVM, see [`super::kvm_emulates_guest_kernel`]), features KVM's instruction
+//! emulator cannot execute are hidden as well: CMPXCHG16B (used by SLUB) and
+//! XSAVE/OSXSAVE (the kernel's XRSTOR at FPU init; hiding XSAVE also makes
+//! Linux drop AVX and everything depending on it).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
 /// Leaf 1 ECX: running under a hypervisor.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Leaf 1 ECX: CMPXCHG16B (see [`vcpu_cpuid`]).
+/// Leaf 1 ECX: CMPXCHG16B.
 const LEAF1_ECX_CX16: u32 = 1 << 13;
+/// Leaf 1 ECX: XSAVE and OSXSAVE.
+const LEAF1_ECX_XSAVE: u32 = (1 << 26) | (1 << 27);
 /// Leaf 1 EDX: hyper-threading / multi-core package (EBX[23:16] valid).
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Leaf 7.0 ECX: CET shadow stack.
@@ -25,14 +33,18 @@ const LEAF_D1_ECX_CET: u32 = (1 << 11) | (1 << 12);
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
 
-/// Adjusts KVM's supported CPUID for vCPU `id` of `count` vCPUs (APIC id = vCPU id).
-pub fn vcpu_cpuid(supported: &CpuId, id: u8, count: u8) -> CpuId {
+/// Adjusts KVM's supported CPUID for vCPU `id` of `count` vCPUs (APIC id =
+/// vCPU id); `emulated`: hide what KVM's instruction emulator cannot run.
+pub fn vcpu_cpuid(supported: &CpuId, id: u8, count: u8, emulated: bool) -> CpuId {
     let mut cpuid = supported.clone();
     let count32 = u32::from(count.max(1));
     // Number of APIC-id bits the cores of one package use.
     let core_shift = 32 - (count32 - 1).leading_zeros();
     for e in cpuid.as_mut_slice().iter_mut() {
         adjust_entry(e, u32::from(id), count32, core_shift);
+        if emulated && e.function == 1 {
+            e.ecx &= !(LEAF1_ECX_CX16 | LEAF1_ECX_XSAVE);
+        }
     }
     cpuid
 }
@@ -42,7 +54,6 @@ fn adjust_entry(e: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_shift: 
         1 => {
             e.ebx = (e.ebx & 0x0000_ffff) | (apic_id << 24) | (count << 16);
             e.ecx |= LEAF1_ECX_HYPERVISOR;
-            e.ecx &= !LEAF1_ECX_CX16;
             e.edx |= LEAF1_EDX_HTT;
         }
         // Cores per package - 1 in EAX[31:26] of every valid cache leaf.
@@ -106,7 +117,7 @@ mod tests {
             entry(0xb, 1),
         ])
         .unwrap();
-        let c = vcpu_cpuid(&supported, 1, 2);
+        let c = vcpu_cpuid(&supported, 1, 2, false);
         let s = c.as_slice();
         assert_eq!(s[0].ebx >> 24, 1);
         assert_eq!((s[0].ebx >> 16) & 0xff, 2);

@@ -57,7 +57,7 @@ pub use layout::{MAX_MEM_MIB, MIN_MEM_MIB};
 pub use memctl::{VmMemoryControl, ZoneBacking, ZoneInfo, ZoneSlot};
 pub use tetd::abi::regs::{HypercallArgs, HypercallRet};
 pub use tetd::abi::{SIM_EXIT_PORT, SIM_HYPERCALL_PORT, TETD_VMCALL_VENDOR};
-pub use vm::{kvm_available, Vm, VmHandle};
+pub use vm::{kvm_available, kvm_emulates_guest_kernel, Vm, VmHandle};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -159,6 +159,60 @@ fn check_file(path: &Path, what: &str) -> Result<()> {
             path: path.to_path_buf(),
             source,
         }),
+    }
+}
+
+/// The guest kernel `scripts/setup.sh` prepared under `build/guest/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestKernel {
+    /// Debian kernel ABI version, e.g. `6.1.0-57-amd64` (`build/guest/KERNEL_VERSION`).
+    pub version: String,
+    /// The distribution's bzImage.
+    pub bzimage: PathBuf,
+    /// The uncompressed ELF kernel extracted from it, if present.
+    pub vmlinux: Option<PathBuf>,
+    /// `/usr/src/linux-headers-<version>` (for building modules).
+    pub headers: PathBuf,
+}
+
+impl GuestKernel {
+    /// Finds the kernel under `<repo_root>/build/guest`.
+    pub fn locate(repo_root: &Path) -> Result<GuestKernel> {
+        let dir = repo_root.join("build/guest");
+        let vfile = dir.join("KERNEL_VERSION");
+        let version = std::fs::read_to_string(&vfile)
+            .map_err(|source| VmmError::Io {
+                path: vfile.clone(),
+                source: std::io::Error::new(
+                    source.kind(),
+                    format!("{source} (run scripts/setup.sh as root)"),
+                ),
+            })?
+            .trim()
+            .to_string();
+        if version.is_empty() || version.contains('/') {
+            return Err(VmmError::Config(format!(
+                "{}: bad kernel version {version:?}",
+                vfile.display()
+            )));
+        }
+        let boot = dir.join(format!("kernel-{version}/boot"));
+        let bzimage = boot.join(format!("vmlinuz-{version}"));
+        check_file(&bzimage, "guest kernel (run scripts/setup.sh)")?;
+        let vmlinux = Some(boot.join(format!("vmlinux-{version}"))).filter(|p| p.is_file());
+        let headers = PathBuf::from(format!("/usr/src/linux-headers-{version}"));
+        Ok(GuestKernel {
+            version,
+            bzimage,
+            vmlinux,
+            headers,
+        })
+    }
+
+    /// What to boot: the ELF vmlinux when present (no in-guest
+    /// decompression), else the bzImage.
+    pub fn boot_image(&self) -> &Path {
+        self.vmlinux.as_deref().unwrap_or(&self.bzimage)
     }
 }
 

@@ -45,6 +45,16 @@ pub fn kvm_available() -> std::result::Result<(), String> {
         .map_err(|e| format!("/dev/kvm unusable: {e}"))
 }
 
+/// Whether this host's KVM emulates guest kernel-mode code instead of
+/// running it on the CPU: the PVM backend (`kvm_pvm` module, KVM without
+/// VMX/SVM, e.g. inside a cloud VM without nested virtualisation) runs guest
+/// user mode natively but executes an unmodified guest kernel through KVM's
+/// instruction emulator, roughly a thousand times slower than hardware.
+/// Only PVM-enlightened guest kernels run at full speed there.
+pub fn kvm_emulates_guest_kernel() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
 /// Why the run loop ended, before the console is consulted.
 #[derive(Debug, Clone)]
 enum EndEvent {
@@ -226,12 +236,13 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        let emulated = kvm_emulates_guest_kernel();
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            vcpu.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.vcpus))
+            vcpu.set_cpuid2(&cpuid::vcpu_cpuid(&supported, id, config.vcpus, emulated))
                 .map_err(kvm_err("KVM_SET_CPUID2"))?;
             setup_msrs(&vcpu)?;
             setup_lapic(&vcpu)?;

@@ -4,6 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Prints a SKIP line straight to stderr (not through the test harness's
+/// output capture, so it shows in CI logs).
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+}
+
 /// `Some(reason)` when KVM tests cannot run here.
 pub fn kvm_skip_reason() -> Option<String> {
     tetd_kvm::vmm::kvm_available().err()
@@ -13,7 +20,7 @@ pub fn kvm_skip_reason() -> Option<String> {
 pub fn skip_without_kvm(test: &str) -> bool {
     match kvm_skip_reason() {
         Some(reason) => {
-            eprintln!("SKIP {test}: {reason} (needs /dev/kvm)");
+            skip(test, &format!("{reason} (needs /dev/kvm)"));
             true
         }
         None => false,
@@ -66,4 +73,45 @@ pub fn build_micro(test: &str, scenario: &str) -> Result<PathBuf, String> {
         .arg(&elf)
         .arg(&obj))?;
     Ok(elf)
+}
+
+/// Why the Linux-guest tests cannot (or should not) run here, if so.
+///
+/// `TETD_VMM_LINUX_TESTS=1` forces them, `=0` skips them. By default they are
+/// skipped where KVM emulates guest kernel code (PVM backend), because an
+/// unmodified Debian kernel needs many minutes to boot there.
+pub fn linux_skip_reason() -> Option<String> {
+    if let Some(r) = kvm_skip_reason() {
+        return Some(format!("{r} (needs /dev/kvm)"));
+    }
+    let mode = std::env::var("TETD_VMM_LINUX_TESTS").unwrap_or_default();
+    if mode == "0" {
+        return Some("TETD_VMM_LINUX_TESTS=0".into());
+    }
+    if mode != "1" && tetd_kvm::vmm::kvm_emulates_guest_kernel() {
+        return Some(
+            "this host's /dev/kvm is the PVM backend (kvm_pvm), which emulates an unmodified guest \
+             kernel instruction by instruction; a Debian kernel boot takes many minutes here. \
+             Set TETD_VMM_LINUX_TESTS=1 to run anyway"
+                .into(),
+        );
+    }
+    if let Err(e) = tetd_kvm::vmm::GuestKernel::locate(&repo_root()) {
+        return Some(format!("no guest kernel: {e}"));
+    }
+    if !Path::new(tetd_kvm::vmm::initramfs::DEFAULT_BUSYBOX).is_file() {
+        return Some("no /bin/busybox (run scripts/setup.sh)".into());
+    }
+    None
+}
+
+/// Builds tetd-kvm/guest/probe.c as a static binary.
+pub fn build_probe() -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("guest/probe.c");
+    let out = scratch().join("tetd-probe");
+    run(Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(&out)
+        .arg(&src))?;
+    Ok(out)
 }
