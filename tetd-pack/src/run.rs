@@ -62,11 +62,14 @@ pub struct RunArgs {
     #[arg(long = "call", value_name = "SPEC")]
     pub calls: Vec<String>,
     /// A file with one call spec per line (`#` comments, blank lines
-    /// ignored); its calls run after the --call ones.
-    #[arg(long, value_name = "FILE")]
+    /// ignored); its calls run after the --call ones. `-` reads standard
+    /// input and runs each line as it arrives (an interactive session; use
+    /// with --hex-output).
+    #[arg(long, value_name = "FILE", conflicts_with = "input_file")]
     pub script: Option<PathBuf>,
 
-    /// Print outputs as hex, one line per call (default: raw bytes).
+    /// Print outputs as hex, one line per call (default: raw bytes). A
+    /// failed call prints `! <ErrorName> (E<code>)` on its line.
     #[arg(long)]
     pub hex_output: bool,
     /// Print one JSON document (status, output, timing, faults, logs).
@@ -188,17 +191,26 @@ fn collect_calls(a: &RunArgs) -> Result<Vec<CallSpec>> {
         calls.push(parse_spec(c, format!("--call #{} ({c:?})", i + 1))?);
     }
     if let Some(p) = &a.script {
-        let text =
-            fs::read_to_string(p).with_context(|| format!("reading script {}", p.display()))?;
-        for (n, line) in text.lines().enumerate() {
-            let t = line.trim_start();
-            if t.is_empty() || t.starts_with('#') {
-                continue;
+        if p != Path::new("-") {
+            let text =
+                fs::read_to_string(p).with_context(|| format!("reading script {}", p.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                if let Some(c) = script_line(line, &p.display().to_string(), n + 1)? {
+                    calls.push(c);
+                }
             }
-            calls.push(parse_spec(t, format!("{}:{}", p.display(), n + 1))?);
         }
     }
     Ok(calls)
+}
+
+/// One script line: `None` for blank lines and comments.
+fn script_line(line: &str, file: &str, n: usize) -> Result<Option<CallSpec>> {
+    let t = line.trim_start().trim_end_matches(['\r', '\n']);
+    if t.is_empty() || t.starts_with('#') {
+        return Ok(None);
+    }
+    parse_spec(t, format!("{file}:{n}")).map(Some)
 }
 
 struct Loaded {
@@ -270,7 +282,7 @@ fn describe_failure(c: &CallSpec, r: &CallReport) -> String {
 /// Run `tetd-pack run`; returns the exit status.
 pub fn run(a: &RunArgs) -> Result<i32> {
     let calls = collect_calls(a)?;
-    if calls.is_empty() && !a.info {
+    if calls.is_empty() && !a.info && a.script.is_none() {
         bail!("nothing to do: give --agent ID, --call SPEC, --script FILE or --info");
     }
     let allow_text = match &a.allow {
@@ -343,36 +355,73 @@ pub fn run(a: &RunArgs) -> Result<i32> {
     let mut out_stream = stdout.lock();
     let mut failed = 0usize;
     let mut json_calls = Vec::new();
-    for c in &calls {
-        let cap = reg
-            .agent(c.id)
-            .map_or(0, |ag| ag.max_output() as usize)
-            .min(MAX_OUTPUT);
-        let mut buf = vec![0u8; cap];
-        let r = reg.call(c.id, &c.input, &mut buf, &call_opts);
-        let output = &buf[..r.output_len];
-        if r.status.is_err() {
-            failed += 1;
-        }
-        if a.json {
-            json_calls.push(json_call(c, &r, output));
-            continue;
-        }
-        if r.status.is_ok() {
-            if a.hex_output {
-                writeln!(out_stream, "{}", hex(output))?;
-            } else {
-                out_stream.write_all(output)?;
+    let script_errors = {
+        let mut one_call = |c: &CallSpec, out_stream: &mut std::io::StdoutLock<'_>| -> Result<()> {
+            let cap = reg
+                .agent(c.id)
+                .map_or(0, |ag| ag.max_output() as usize)
+                .min(MAX_OUTPUT);
+            let mut buf = vec![0u8; cap];
+            let r = reg.call(c.id, &c.input, &mut buf, &call_opts);
+            let output = &buf[..r.output_len];
+            if r.status.is_err() {
+                failed += 1;
+            }
+            if a.json {
+                json_calls.push(json_call(c, &r, output));
+                return Ok(());
+            }
+            match r.status {
+                Ok(()) if a.hex_output => writeln!(out_stream, "{}", hex(output))?,
+                Ok(()) => out_stream.write_all(output)?,
+                Err(e) => {
+                    if a.hex_output {
+                        // Keeps the one-line-per-call protocol in step.
+                        writeln!(out_stream, "! {} (E{})", e.name(), r.raw_status)?;
+                    }
+                    eprintln!("error: {}", describe_failure(c, &r));
+                }
             }
             out_stream.flush()?;
-        } else {
-            if a.hex_output {
-                writeln!(out_stream)?;
-            }
-            out_stream.flush()?;
-            eprintln!("error: {}", describe_failure(c, &r));
+            Ok(())
+        };
+        for c in &calls {
+            one_call(c, &mut out_stream)?;
         }
-    }
+        let mut script_errors = 0usize;
+        if a.script.as_deref() == Some(Path::new("-")) {
+            // Interactive: each line is run as soon as it is read, and its
+            // result is flushed before the next line is read.
+            let stdin = std::io::stdin();
+            let mut line = String::new();
+            let mut n = 0;
+            loop {
+                line.clear();
+                if stdin
+                    .read_line(&mut line)
+                    .context("reading the script from standard input")?
+                    == 0
+                {
+                    break;
+                }
+                n += 1;
+                match script_line(&line, "<stdin>", n) {
+                    Ok(Some(c)) => one_call(&c, &mut out_stream)?,
+                    Ok(None) => {}
+                    Err(e) => {
+                        script_errors += 1;
+                        if a.hex_output {
+                            writeln!(out_stream, "! BadRequest (E{})", Error::BadRequest.code())?;
+                            out_stream.flush()?;
+                        }
+                        eprintln!("error: {e:#}");
+                    }
+                }
+            }
+        }
+        script_errors
+    };
+    failed += script_errors;
     let mut info = vec![0u8; 1 << 20];
     let info_len = if a.info {
         reg.render_info(&mut info)
