@@ -52,7 +52,7 @@ MODULE_PARM_DESC(test_ioctl, "enable the TEST ioctl (built-in machine-code blobs
 
 static char *transport = "auto";
 module_param(transport, charp, 0444);
-MODULE_PARM_DESC(transport, "hypercall transport: auto (TDCALL in a TD, else port I/O), port, tdcall");
+MODULE_PARM_DESC(transport, "hypercall transport: auto (TDCALL in a TD, else port I/O), port, tdcall, loopback (test only: no host)");
 
 /* ---- Rust side (tetd-kernel/module/rust) -------------------------------- */
 extern int tetdg_rs_init(u32 transport, u32 test_enabled);
@@ -62,7 +62,8 @@ extern void tetdg_rs_proc_show(void *seq);
 
 static DEFINE_MUTEX(tetdg_lock);
 
-enum { TRANSPORT_PORT = 0, TRANSPORT_TDCALL = 1 };
+/* tetd::abi::ioctl::TRANSPORT_* */
+enum { TRANSPORT_PORT = 0, TRANSPORT_TDCALL = 1, TRANSPORT_LOOPBACK = 2 };
 static u32 tetdg_transport = TRANSPORT_PORT;
 
 /* ---- helpers called from Rust ------------------------------------------- */
@@ -188,6 +189,140 @@ u64 tetdg_k_virt_to_phys(const void *va)
 }
 
 /*
+ * Loopback transport (module parameter transport=loopback): TEST ONLY, for
+ * machines where the guest cannot run under the project's VMM (e.g. plain
+ * QEMU/TCG). The module answers its own hypercalls: a zone is a block of
+ * guest RAM pages, VMM_ENTER/VMM_RESUME only check the state (nothing is
+ * blocked), AGENT_FAULT is logged. It exercises the guest mechanisms (zone
+ * mapping and protections, both call modes, fault containment), never the
+ * host's; /proc/tetdg_info and INFO report it.
+ */
+#define TETDG_LB_MAX 32
+static struct tetdg_lb_zone {
+	u64 id;
+	struct page *pages;
+	unsigned int order;
+	u64 npages;
+	bool running;
+} tetdg_lb[TETDG_LB_MAX];
+
+/* tetd::abi numbers used here (checked against the Rust side at build time
+ * by tetdg_rs_init's assertions): leaves 1..4 and 7, errors 201..206, 14. */
+enum {
+	LB_ACCESS = 1, LB_ENTER = 2, LB_RESUME = 3, LB_DISABLE = 4, LB_FAULT = 7,
+	LB_E_NOMEM = 14, LB_E_UNSUPPORTED = 11, LB_E_UNKNOWN = 201, LB_E_RUNNING = 203,
+	LB_E_NOTRUNNING = 204, LB_E_REGISTERED = 206, LB_E_TABLEFULL = 301,
+};
+
+static struct tetdg_lb_zone *tetdg_lb_find(u64 id)
+{
+	int i;
+
+	for (i = 0; i < TETDG_LB_MAX; i++)
+		if (tetdg_lb[i].pages && tetdg_lb[i].id == id)
+			return &tetdg_lb[i];
+	return NULL;
+}
+
+static void tetdg_loopback(const u64 *in, u64 *out)
+{
+	u64 leaf = in[1], id = in[2];
+	struct tetdg_lb_zone *z = tetdg_lb_find(id);
+	int i;
+
+	out[0] = 0;
+	out[1] = out[2] = out[3] = 0;
+	switch (leaf) {
+	case LB_ACCESS:
+		if (z) {
+			out[0] = LB_E_REGISTERED;
+			return;
+		}
+		for (i = 0; i < TETDG_LB_MAX && tetdg_lb[i].pages; i++)
+			;
+		if (i == TETDG_LB_MAX) {
+			out[0] = LB_E_TABLEFULL;
+			return;
+		}
+		z = &tetdg_lb[i];
+		z->order = get_order(in[3] << PAGE_SHIFT);
+		z->pages = in[3] ? alloc_pages(GFP_KERNEL | __GFP_ZERO, z->order) : NULL;
+		if (!z->pages) {
+			out[0] = LB_E_NOMEM;
+			return;
+		}
+		z->id = id;
+		z->npages = in[3];
+		z->running = false;
+		out[1] = page_to_phys(z->pages);
+		out[2] = in[3];
+		return;
+	case LB_ENTER:
+	case LB_RESUME:
+		if (!z) {
+			out[0] = LB_E_UNKNOWN;
+		} else if (z->running == (leaf == LB_ENTER)) {
+			out[0] = leaf == LB_ENTER ? LB_E_RUNNING : LB_E_NOTRUNNING;
+		} else {
+			z->running = leaf == LB_ENTER;
+		}
+		return;
+	case LB_FAULT:
+		pr_info("tetdg: loopback host: AGENT_FAULT agent %#llx vector %llu address %#llx\n",
+			id, in[3], in[4]);
+		out[0] = z ? 0 : LB_E_UNKNOWN;
+		return;
+	case LB_DISABLE:
+		if (!z) {
+			out[0] = LB_E_UNKNOWN;
+			return;
+		}
+		__free_pages(z->pages, z->order);
+		z->pages = NULL;
+		return;
+	default:
+		out[0] = LB_E_UNSUPPORTED;
+	}
+}
+
+static void *tetdg_loopback_map(u64 gpa, u64 npages)
+{
+	struct page **pages;
+	void *va;
+	u64 i;
+	int k;
+
+	for (k = 0; k < TETDG_LB_MAX; k++) {
+		struct tetdg_lb_zone *z = &tetdg_lb[k];
+
+		if (z->pages && page_to_phys(z->pages) == gpa && z->npages == npages)
+			break;
+	}
+	if (k == TETDG_LB_MAX)
+		return NULL;
+	pages = kvmalloc_array(npages, sizeof(*pages), GFP_KERNEL);
+	if (!pages)
+		return NULL;
+	for (i = 0; i < npages; i++)
+		pages[i] = tetdg_lb[k].pages + i;
+	va = vmap(pages, (unsigned int)npages, VM_MAP, PAGE_KERNEL);
+	kvfree(pages);
+	return va;
+}
+
+static void tetdg_loopback_exit(void)
+{
+	int i;
+
+	for (i = 0; i < TETDG_LB_MAX; i++) {
+		if (tetdg_lb[i].pages) {
+			__free_pages(tetdg_lb[i].pages, tetdg_lb[i].order);
+			tetdg_lb[i].pages = NULL;
+		}
+	}
+}
+
+/*
  * Zone memory: guest-physical pages above RAM with no struct page. vmap_pfn()
  * (mm/vmalloc.c, CONFIG_VMAP_PFN, EXPORT_SYMBOL_GPL) maps such PFNs and
  * refuses pfn_valid() ones; it forces NX, so the mapping starts RW+NX and
@@ -201,6 +336,8 @@ void *tetdg_k_map_zone(u64 gpa, u64 pages)
 
 	if (!pages || pages > (1u << 20) || (gpa & ~PAGE_MASK))
 		return NULL;
+	if (tetdg_transport == TRANSPORT_LOOPBACK)
+		return tetdg_loopback_map(gpa, pages);
 	pfns = kvmalloc_array(pages, sizeof(*pfns), GFP_KERNEL);
 	if (!pfns)
 		return NULL;
@@ -354,6 +491,10 @@ u64 tetdg_k_hypercall(const u64 *in, u64 *out)
 	};
 	u64 ret = 0;
 
+	if (tetdg_transport == TRANSPORT_LOOPBACK) {
+		tetdg_loopback(in, out);
+		return 0;
+	}
 	if (tetdg_transport == TRANSPORT_TDCALL)
 		ret = tetdg_hc_tdcall(&h);
 	else
@@ -442,10 +583,12 @@ static int __init tetdg_init(void)
 		tetdg_transport = TRANSPORT_TDCALL;
 	else if (!strcmp(transport, "port"))
 		tetdg_transport = TRANSPORT_PORT;
+	else if (!strcmp(transport, "loopback"))
+		tetdg_transport = TRANSPORT_LOOPBACK;
 	else if (!strcmp(transport, "auto"))
 		tetdg_transport = td ? TRANSPORT_TDCALL : TRANSPORT_PORT;
 	else {
-		pr_err("tetdg: transport=%s: expected auto, port or tdcall\n", transport);
+		pr_err("tetdg: transport=%s: expected auto, port, tdcall or loopback\n", transport);
 		return -EINVAL;
 	}
 	if (tetdg_transport == TRANSPORT_TDCALL && !td) {
@@ -468,7 +611,8 @@ static int __init tetdg_init(void)
 		return -ENOMEM;
 	}
 	pr_info("tetdg: loaded (transport %s%s)\n",
-		tetdg_transport == TRANSPORT_TDCALL ? "tdcall" : "port-io",
+		tetdg_transport == TRANSPORT_TDCALL ? "tdcall" :
+		tetdg_transport == TRANSPORT_LOOPBACK ? "loopback (TEST ONLY: no host)" : "port-io",
 		test_ioctl ? ", TEST ioctl enabled" : "");
 	return 0;
 }
@@ -480,6 +624,7 @@ static void __exit tetdg_exit(void)
 	mutex_lock(&tetdg_lock);
 	tetdg_rs_exit();
 	mutex_unlock(&tetdg_lock);
+	tetdg_loopback_exit();
 	pr_info("tetdg: unloaded\n");
 }
 

@@ -254,6 +254,7 @@ impl<P: Platform, const IMAGES: usize, const AGENTS: usize> Registry<P, IMAGES, 
             })?;
         if (zone.len as u64) < layout.total()
             || zone.base % tetd::abi::PAGE_SIZE != 0
+            || zone.base.checked_add(zone.len as u64).is_none()
             || zone.view.is_null()
         {
             // SAFETY: returned by zone_alloc of this platform, not used after.

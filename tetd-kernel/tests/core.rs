@@ -527,3 +527,12 @@ fn layout_regions_are_reported_for_fault_addresses() {
     assert_eq!(f.addr_region, Some(RegionKind::Guard));
     assert!(!f.stack_overflow);
 }
+
+#[test]
+fn registry_size_is_reported_for_static_placement() {
+    // The kernel keeps the registry in a static; make its size visible and
+    // keep it bounded.
+    let size = std::mem::size_of::<Reg>();
+    println!("Registry<SimPlatform> (16 images, 128 agents): {size} bytes");
+    assert!(size < 64 * 1024, "{size}");
+}
