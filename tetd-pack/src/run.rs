@@ -32,8 +32,9 @@ CALL SPEC (--call, one per line in --script):
 
 EXAMPLES:
   tetd-pack run echo.tetd --agent 1 --hex 68656c6c6f
-  tetd-pack run signer.tetd --call 2 --call 3:text:hello --hex-output
-  tetd-pack run admin.tetd echo.tetd --allow trusted.keys --call 7:text:list --info")]
+  tetd-pack run signer.tetd --call 3:text:pubkey --call '3:text:sign hello' --hex-output
+  tetd-pack run admin.tetd echo.tetd --allow trusted.keys --allow-unsigned --call 5:text:list --info
+  tetd-pack run audit-log.tetd --script - --hex-output     (one call per input line)")]
 pub struct RunArgs {
     /// Images to load, in order (all their agents are registered).
     #[arg(required = true, value_name = "IMAGE")]
