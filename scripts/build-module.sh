@@ -106,10 +106,10 @@ fi
 # ---- 6. tetdctl -------------------------------------------------------------------
 if [ -f tetd-kernel/tetdctl/Cargo.toml ]; then
     log "tetdctl (static)"
-    RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$ROOT/target/tetdctl-static" \
+    RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR="$ROOT/target/tetdctl-static" \
         cargo build -q -p tetdctl --release --target x86_64-unknown-linux-gnu
     cp "$ROOT/target/tetdctl-static/x86_64-unknown-linux-gnu/release/tetdctl" "$OUT/tetdctl"
-    file "$OUT/tetdctl" | grep -q "statically linked" || die "tetdctl is not statically linked"
+    file "$OUT/tetdctl" | grep -qE "static(-pie)? linked" || die "tetdctl is not statically linked"
 fi
 
 log "ok: $OUT/tetdg.ko ($(stat -c %s "$OUT/tetdg.ko") bytes) for Linux $KVER"

@@ -930,6 +930,9 @@ pub mod ioctl {
     pub const TRANSPORT_PORT: u32 = 0;
     /// [`InfoRequest::transport`]: TDCALL(TDG.VP.VMCALL) (a real TD).
     pub const TRANSPORT_TDCALL: u32 = 1;
+    /// [`InfoRequest::transport`]: test only, the module answers its own
+    /// hypercalls with zones from guest RAM (no host, nothing blocked).
+    pub const TRANSPORT_LOOPBACK: u32 = 2;
 
     /// `INFO`: facts about the module.
     #[repr(C)]

@@ -160,7 +160,7 @@ fn tetd_fail(what: &str, status: u32, detail: &str) -> Fail {
     let mut msg = if known {
         format!("{what}: {e}")
     } else {
-        format!("{what}: unknown status {status}")
+        format!("{what}: the agent returned status {status} (its own code, not a TETD error)")
     };
     if !detail.is_empty() {
         msg.push_str(": ");
@@ -286,7 +286,11 @@ fn run(cli: Cli) -> Result<(), Fail> {
             println!(
                 "{}",
                 json!({"version": io::detail_str(&r.version), "abi_version": r.abi_version,
-                    "transport": if r.transport == io::TRANSPORT_TDCALL { "tdcall" } else { "port-io" },
+                    "transport": match r.transport {
+                        io::TRANSPORT_TDCALL => "tdcall",
+                        io::TRANSPORT_LOOPBACK => "loopback",
+                        _ => "port-io",
+                    },
                     "images": r.images, "agents": r.agents, "zone_bytes": r.zone_bytes,
                     "calls": r.calls, "faults": r.faults, "test_ioctl": r.test_enabled != 0})
             );

@@ -36,6 +36,16 @@ mod tramp;
 #[cfg(target_os = "none")]
 mod zone;
 
+/// Name of a `tetd::abi::ioctl::TRANSPORT_*` value.
+pub fn transport_name(t: u32) -> &'static str {
+    match t {
+        tetd::abi::ioctl::TRANSPORT_PORT => "port-io",
+        tetd::abi::ioctl::TRANSPORT_TDCALL => "tdcall",
+        tetd::abi::ioctl::TRANSPORT_LOOPBACK => "loopback (test only: no host, zones in guest RAM)",
+        _ => "unknown",
+    }
+}
+
 #[cfg(target_os = "none")]
 mod entry {
     use core::fmt::Write;
@@ -43,10 +53,23 @@ mod entry {
     use crate::excl::Line;
     use crate::kapi::{self, Level};
 
-    const _: () = assert!(
-        tetd::abi::SIM_HYPERCALL_PORT == 0x0e40,
-        "update TETDG_SIM_PORT in tetdg_main.c"
-    );
+    // Numbers tetdg_main.c uses (C cannot import tetd::abi).
+    const _: () = {
+        use tetd::abi::{ioctl as io, Error as E, Leaf as L};
+        assert!(
+            tetd::abi::SIM_HYPERCALL_PORT == 0x0e40,
+            "TETDG_SIM_PORT in tetdg_main.c"
+        );
+        assert!(
+            io::TRANSPORT_PORT == 0 && io::TRANSPORT_TDCALL == 1 && io::TRANSPORT_LOOPBACK == 2
+        );
+        assert!(L::AgentAccess as u64 == 1 && L::VmmEnter as u64 == 2 && L::VmmResume as u64 == 3);
+        assert!(L::AgentDisable as u64 == 4 && L::AgentFault as u64 == 7);
+        assert!(E::NoMemory as u32 == 14 && E::Unsupported as u32 == 11);
+        assert!(E::UnknownAgent as u32 == 201 && E::AlreadyRunning as u32 == 203);
+        assert!(E::NotRunning as u32 == 204 && E::AlreadyRegistered as u32 == 206);
+        assert!(E::TableFull as u32 == 301);
+    };
 
     /// Module init: remember the transport, build the agent IDT.
     #[no_mangle]
@@ -77,11 +100,7 @@ mod entry {
             l,
             "tetdg {}\ntransport: {}\nabi: {}\n",
             env!("CARGO_PKG_VERSION"),
-            if s.transport == tetd::abi::ioctl::TRANSPORT_TDCALL {
-                "tdcall"
-            } else {
-                "port-io"
-            },
+            crate::transport_name(s.transport),
             tetd::abi::ABI_VERSION
         );
         kapi::seq_write(seq, l.as_str());

@@ -198,6 +198,7 @@ fn call_in_zone(
         }
         kind::FAULT => {
             let (vec, err, rip, cr2) = AgentSpace::last_fault();
+            let cr2 = if vec == 14 { cr2 } else { 0 }; // CR2 is only meaningful for #PF
             state::stats().faults += 1;
             req.fault_vector = vec as u32;
             req.fault_addr = cr2;
