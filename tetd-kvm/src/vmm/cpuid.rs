@@ -10,7 +10,9 @@
 //! (PVM, see [`super::kvm_emulates_guest_kernel`]), features KVM's instruction
 //! emulator cannot execute are hidden as well: CMPXCHG16B (used by SLUB) and
 //! XSAVE/OSXSAVE (the kernel's XRSTOR at FPU init; hiding XSAVE also makes
-//! Linux drop AVX and everything depending on it).
+//! Linux drop AVX and everything depending on it). PVM honours the cleared
+//! CMPXCHG16B bit but derives XSAVE from the host CPU, so the VMM also puts
+//! `noxsave` on such a guest's command line (see `Vm::new`).
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 

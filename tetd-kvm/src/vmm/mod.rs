@@ -36,6 +36,25 @@
 //! [`VmHandle::kick`] forces a vCPU out of `KVM_RUN` from any thread; the
 //! vCPU thread then calls [`HypercallHandler::kicked`] with its registers
 //! (e.g. for an agent watchdog).
+//!
+//! # Kernels
+//! Both a bzImage (64-bit entry at +0x200 of the protected-mode part) and an
+//! uncompressed ELF `vmlinux` (entry `startup_64` at its physical address)
+//! boot, with the same zero page. `scripts/setup.sh` extracts the vmlinux
+//! from the Debian bzImage; [`GuestKernel::boot_image`] prefers it.
+//!
+//! # Hosts that emulate guest kernels
+//! Where `/dev/kvm` is the PVM backend ([`kvm_emulates_guest_kernel`]), an
+//! unmodified guest kernel runs under KVM's instruction emulator (~0.6 M
+//! instructions/s measured on the development machine); see
+//! `tetd-kvm/guest/README.md`.
+//!
+//! # Debugging
+//! `TETD_VMM_DEBUG=1` logs every VM exit and, when a vCPU is stopped, its
+//! registers and the code bytes around RIP to stderr.
+//!
+//! Not implemented: console input (the UART only transmits), PCI, ACPI,
+//! virtio devices.
 
 mod boot;
 mod console;
@@ -82,7 +101,8 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Initramfs (newc cpio, optionally compressed as the kernel supports).
     pub initrd: Option<PathBuf>,
-    /// Full kernel command line.
+    /// Full kernel command line. Where KVM emulates guest kernels
+    /// ([`kvm_emulates_guest_kernel`]) the VMM appends `noxsave`.
     pub cmdline: String,
     /// Number of vCPUs, 1..=[`MAX_VCPUS`].
     pub vcpus: u8,

@@ -216,12 +216,20 @@ impl Vm {
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION (RAM)"))?;
 
+        // PVM derives most of CPUID leaf 1 from the host and ignores a cleared
+        // XSAVE bit, so tell the guest kernel on its command line instead:
+        // KVM's emulator cannot execute the XRSTOR of Linux' FPU set-up.
+        let emulated = kvm_emulates_guest_kernel();
+        let mut cmdline = config.cmdline.clone();
+        if emulated && !cmdline.split_whitespace().any(|w| w == "noxsave") {
+            cmdline.push_str(" noxsave");
+        }
         let kernel = boot::load_kernel(&mem, &config.kernel)?;
         let initrd = match &config.initrd {
             Some(path) => Some(boot::load_initrd(&mem, path, &kernel, mem_size)?),
             None => None,
         };
-        boot::write_boot_structures(&mem, &kernel, &config.cmdline, initrd, mem_size)?;
+        boot::write_boot_structures(&mem, &kernel, &cmdline, initrd, mem_size)?;
         mptable::write(&mem, config.vcpus)?;
 
         let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| VmmError::Os {
@@ -236,7 +244,6 @@ impl Vm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let emulated = kvm_emulates_guest_kernel();
         let mut vcpus = Vec::new();
         for id in 0..config.vcpus {
             let vcpu = vm
@@ -681,6 +688,12 @@ impl<H: HypercallHandler> RunCtx<'_, H> {
             };
             self.with_handler("hypercall", |h, mem| h.hypercall(mem, self.id, call))?
         };
+        if self.debug {
+            eprintln!(
+                "tetd-vmm: vCPU {} hypercall r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x} -> {ret:x?}",
+                self.id, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15
+            );
+        }
         regs.r10 = ret.status;
         regs.r11 = ret.results[0];
         regs.r12 = ret.results[1];
