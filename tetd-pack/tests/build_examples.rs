@@ -228,3 +228,50 @@ fn default_output_is_package_name_in_cwd_and_progress_goes_to_stderr() {
         .contains(&format!("(1 agent, {} bytes, measurement", bytes.len())));
     assert_eq!(img.agent(1).unwrap().name(), "echo");
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name == "target" {
+            continue;
+        }
+        let ty = e.file_type().unwrap();
+        if ty.is_dir() {
+            copy_dir(&e.path(), &to.join(&name));
+        } else if ty.is_file() {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn measurement_does_not_depend_on_the_checkout_location() {
+    // The same sources in another directory give a byte-identical image:
+    // paths compiled into the agent (panic locations) are remapped.
+    let (orig, _) = example("echo");
+    let copy = scratch().join("elsewhere/deeper/checkout");
+    for d in ["tetd-sdk", "tetd-macros", "examples/echo"] {
+        copy_dir(&root().join(d), &copy.join(d));
+    }
+    // The workspace root, reduced to the two crates the agent depends on.
+    let mut ws: toml::Table = std::fs::read_to_string(root().join("Cargo.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    ws["workspace"]["members"] = toml::Value::Array(vec![
+        toml::Value::String("tetd-sdk".into()),
+        toml::Value::String("tetd-macros".into()),
+    ]);
+    std::fs::write(copy.join("Cargo.toml"), toml::to_string(&ws).unwrap()).unwrap();
+    let out = scratch().join("echo-elsewhere.tetd");
+    build(&copy.join("examples/echo"), &out, &["-q"]).expect_code(0);
+    let a = std::fs::read(orig).unwrap();
+    let b = std::fs::read(&out).unwrap();
+    assert!(a == b, "images differ between checkouts");
+    assert!(
+        !b.windows(b"elsewhere".len()).any(|w| w == b"elsewhere"),
+        "the checkout path leaked into the image"
+    );
+}

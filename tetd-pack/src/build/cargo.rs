@@ -18,8 +18,20 @@ pub const AGENT_TARGET: &str = "x86_64-unknown-none";
 /// `CARGO_ENCODED_RUSTFLAGS`, so they reach the dependencies too):
 /// * `relocation-model=pie`: position independent; symbols are local to the
 ///   image, so the linked PIE only needs base-relative relocations;
-/// * `panic=abort`: no unwinding tables or landing pads.
-pub const AGENT_RUSTFLAGS: &[&str] = &["-Crelocation-model=pie", "-Cpanic=abort"];
+/// * `panic=abort`: no unwinding tables or landing pads;
+/// * `aes_force_soft`, `polyval_force_soft`: the portable AES and GHASH code
+///   of RustCrypto's `aes` / `polyval` (used by encrypted agents through
+///   `tetd::session`), never the AES-NI / CLMUL back ends with their CPUID
+///   detection and vector registers (which do not compile for the
+///   soft-float target anyway).
+pub const AGENT_RUSTFLAGS: &[&str] = &[
+    "-Crelocation-model=pie",
+    "-Cpanic=abort",
+    "--cfg",
+    "aes_force_soft",
+    "--cfg",
+    "polyval_force_soft",
+];
 
 /// Where the toolchain lives.
 #[derive(Debug, Clone)]
@@ -90,6 +102,13 @@ fn run_capture(prog: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `$CARGO_HOME`, else `$HOME/.cargo`.
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
 #[derive(Deserialize)]
 struct Message {
     reason: String,
@@ -146,8 +165,23 @@ pub fn build_staticlib(
     }
     // Our flags replace any RUSTFLAGS of the environment: host-oriented flags
     // (e.g. -Ctarget-cpu=native) have no place in an agent.
+    let mut flags: Vec<String> = AGENT_RUSTFLAGS.iter().map(|s| s.to_string()).collect();
+    // Reproducible images: source paths compiled into the code (panic
+    // locations) must not depend on where the sources, the cargo home or the
+    // target directory are. Later remappings take precedence.
+    flags.push(format!(
+        "--remap-path-prefix={}=/tetd-src",
+        krate.source_root.display()
+    ));
+    if let Some(home) = cargo_home() {
+        flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+    }
+    flags.push(format!(
+        "--remap-path-prefix={}=/target",
+        target_dir.display()
+    ));
     cmd.env_remove("RUSTFLAGS")
-        .env("CARGO_ENCODED_RUSTFLAGS", AGENT_RUSTFLAGS.join("\x1f"))
+        .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     let mut child = cmd

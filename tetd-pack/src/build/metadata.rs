@@ -63,6 +63,11 @@ pub struct AgentCrate {
     pub settings: Settings,
     /// False when the manifest has no `[package.metadata.tetd]` table.
     pub has_metadata: bool,
+    /// The deepest directory holding the crate and every path dependency
+    /// (e.g. the repository root): remapped in the compiled code so panic
+    /// locations, and so the measurement, do not depend on where the
+    /// sources are checked out.
+    pub source_root: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +82,8 @@ struct MetaPackage {
     version: String,
     manifest_path: PathBuf,
     targets: Vec<MetaTarget>,
+    /// `None` for path (local) packages.
+    source: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -107,13 +114,7 @@ pub fn manifest_path(path: &Path) -> Result<PathBuf> {
 pub fn load(cargo: &Path, path: &Path) -> Result<AgentCrate> {
     let manifest = manifest_path(path)?;
     let out = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--no-deps",
-            "--manifest-path",
-        ])
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
         .arg(&manifest)
         .output()
         .with_context(|| format!("cannot run `{} metadata`", cargo.display()))?;
@@ -126,6 +127,18 @@ pub fn load(cargo: &Path, path: &Path) -> Result<AgentCrate> {
     }
     let meta: CargoMetadata = serde_json::from_slice(&out.stdout)
         .context("cannot parse the output of `cargo metadata`")?;
+    let source_root = meta
+        .packages
+        .iter()
+        .filter(|p| p.source.is_none())
+        .filter_map(|p| p.manifest_path.parent())
+        .fold(None::<PathBuf>, |acc, dir| {
+            Some(match acc {
+                None => dir.to_path_buf(),
+                Some(a) => common_ancestor(&a, dir),
+            })
+        })
+        .unwrap_or_else(|| manifest.parent().unwrap_or(Path::new("/")).to_path_buf());
     let pkg = meta
         .packages
         .into_iter()
@@ -162,7 +175,16 @@ pub fn load(cargo: &Path, path: &Path) -> Result<AgentCrate> {
         target_directory: meta.target_directory,
         settings,
         has_metadata,
+        source_root,
     })
+}
+
+fn common_ancestor(a: &Path, b: &Path) -> PathBuf {
+    a.components()
+        .zip(b.components())
+        .take_while(|(x, y)| x == y)
+        .map(|(x, _)| x)
+        .collect()
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
