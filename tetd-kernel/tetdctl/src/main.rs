@@ -405,7 +405,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                     "output_text": std::str::from_utf8(&out).ok(),
                     "elapsed_ns": req.elapsed_ns,
                 });
-                if req.status == Error::Fault as u32 {
+                if req.status == Error::Fault as u32 || req.status == Error::StackOverflow as u32 {
                     v["fault"] = json!({"vector": req.fault_vector, "error_code": req.fault_error,
                         "address": req.fault_addr, "rip_offset": req.fault_rip});
                 }
@@ -417,7 +417,9 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 };
             }
             if req.status != 0 {
-                let detail = if req.status == Error::Fault as u32 {
+                let detail = if req.status == Error::Fault as u32
+                    || req.status == Error::StackOverflow as u32
+                {
                     format!(
                         "vector {} error {:#x} address {:#x} at image offset {:#x}",
                         req.fault_vector, req.fault_error, req.fault_addr, req.fault_rip

@@ -126,6 +126,17 @@ pub fn pt_pages_for(zone_va: u64, zone_pages: u64) -> u64 {
     n + 4 * (levels as u64 - 1)
 }
 
+/// Page-table pages for an agent space over an `n`-page zone at any
+/// address (plus the trampoline statics and the moving TSS page).
+pub fn pt_pages_bound(n: u64) -> u64 {
+    let levels = paging_levels() as u64;
+    let mut zone_tables = 0;
+    for l in 1..levels {
+        zone_tables += (n.saturating_sub(1) >> (9 * l)) + 2;
+    }
+    pt_pages_for(0, 0) + zone_tables
+}
+
 fn frames<'a>(va: *mut u8, pages: u64) -> &'a mut [[u64; 512]] {
     // SAFETY: `va` is the kernel mapping of `pages` page-table pages of the
     // zone, owned by the AgentSpace and only touched with the module mutex

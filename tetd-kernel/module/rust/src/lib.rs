@@ -23,8 +23,9 @@ mod ioctl;
 #[cfg(target_os = "none")]
 mod kapi;
 #[cfg(target_os = "none")]
-#[allow(dead_code)] // used by the image path (LOAD/CALL) once the loader core is linked
 mod kbuf;
+#[cfg(target_os = "none")]
+mod kplatform;
 #[cfg(target_os = "none")]
 mod state;
 #[cfg(target_os = "none")]
@@ -73,17 +74,20 @@ mod entry {
 
     /// Module init: remember the transport, build the agent IDT.
     #[no_mangle]
-    pub extern "C" fn tetdg_rs_init(transport: u32, test_enabled: u32) -> i32 {
+    pub extern "C" fn tetdg_rs_init(transport: u32, test_enabled: u32, require_signed: u32) -> i32 {
         let s = crate::state::stats();
         s.transport = transport;
         s.test_enabled = test_enabled != 0;
+        s.require_signed = require_signed != 0;
         crate::collab::init_idt();
         0
     }
 
-    /// Module exit.
+    /// Module exit: unload every image (AGENT_DISABLE, unmap).
     #[no_mangle]
-    pub extern "C" fn tetdg_rs_exit() {}
+    pub extern "C" fn tetdg_rs_exit() {
+        crate::ioctl::registry().unload_all();
+    }
 
     /// ioctl on /dev/tetdg.
     #[no_mangle]
@@ -91,26 +95,32 @@ mod entry {
         crate::ioctl::dispatch(cmd, arg)
     }
 
-    /// Render /proc/tetdg_info.
+    struct Seq(*mut core::ffi::c_void);
+
+    impl Write for Seq {
+        fn write_str(&mut self, t: &str) -> core::fmt::Result {
+            kapi::seq_write(self.0, t);
+            Ok(())
+        }
+    }
+
+    /// Render /proc/tetdg_info: the loader core's text plus the module's
+    /// transport and counters.
     #[no_mangle]
     pub extern "C" fn tetdg_rs_proc_show(seq: *mut core::ffi::c_void) {
         let s = crate::state::stats();
-        let mut l = Line::new();
-        let _ = write!(
-            l,
-            "tetdg {}\ntransport: {}\nabi: {}\n",
-            env!("CARGO_PKG_VERSION"),
+        let mut w = Seq(seq);
+        let _ = crate::ioctl::registry().write_info(&mut w);
+        let _ = writeln!(
+            w,
+            "module: transport {}, abi {}, {} call(s), {} fault(s) caught, {} zone byte(s) mapped{}",
             crate::transport_name(s.transport),
-            tetd::abi::ABI_VERSION
+            tetd::abi::ABI_VERSION,
+            s.calls,
+            s.faults,
+            s.zone_bytes,
+            if s.require_signed { ", signed images only" } else { "" }
         );
-        kapi::seq_write(seq, l.as_str());
-        let mut l = Line::new();
-        let _ = write!(
-            l,
-            "calls: {}\nfaults: {}\nzone_bytes: {}\nagents: 0\n",
-            s.calls, s.faults, s.zone_bytes
-        );
-        kapi::seq_write(seq, l.as_str());
     }
 
     #[panic_handler]

@@ -8,6 +8,8 @@ pub struct Stats {
     pub transport: u32,
     /// The TEST ioctl is enabled.
     pub test_enabled: bool,
+    /// Unsigned images are refused (module parameter `require_signed`).
+    pub require_signed: bool,
     /// Calls served (test and agent calls).
     pub calls: u64,
     /// Calls ended by a fault.
@@ -21,6 +23,7 @@ pub struct Stats {
 static STATS: Shared<Stats> = Shared::new(Stats {
     transport: 0,
     test_enabled: false,
+    require_signed: false,
     calls: 0,
     faults: 0,
     zone_bytes: 0,

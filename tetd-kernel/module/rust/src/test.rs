@@ -44,17 +44,6 @@ const IO_CAP: u64 = 512;
 /// A value in module memory the READ_KERNEL blob tries to read.
 static KERNEL_PROBE: u64 = 0x7e7d_6b65_726e_656c;
 
-/// Bound on the page-table pages for an `n`-page zone at any address.
-fn pt_bound(n: u64) -> u64 {
-    let levels = collab::paging_levels() as u64;
-    let mut zone_tables = 0;
-    for l in 1..levels {
-        zone_tables += ((n - 1) >> (9 * l)) + 2;
-    }
-    // statics and the TSS page: pt_pages_for() with a zone at address 0
-    collab::pt_pages_for(0, 0) + zone_tables
-}
-
 /// Run one TEST request.
 pub fn run(req: &mut TestRequest) {
     req.result = 0;
@@ -79,7 +68,7 @@ fn run_inner(req: &mut TestRequest) -> Result<u32, Error> {
         );
         return Err(Error::Denied);
     }
-    let pt_pages = pt_bound(PT);
+    let pt_pages = collab::pt_pages_bound(PT);
     let pages = PT + pt_pages;
     let mut zone = HostZone::create(TEST_AGENT_ID, pages, mode, 0)?;
     let r = call_in_zone(&mut zone, req, mode, blob, pt_pages);
@@ -102,7 +91,7 @@ fn call_in_zone(
     let base = va as u64;
 
     // Load window: copy the code, set protections, build the agent space.
-    let win = zone.enter()?;
+    zone.open()?;
     // SAFETY: the zone is mapped RW for `pages` pages and reachable (window
     // open); blob.len() <= one page (checked).
     unsafe {
@@ -124,10 +113,10 @@ fn call_in_zone(
     } else {
         None
     };
-    win.close(0)?;
+    zone.close(0)?;
 
     // Call window.
-    let win = zone.enter()?;
+    zone.open()?;
     let frame_va = base + FRAME * PAGE_SIZE;
     let input: u64 = if req.kind == TEST_READ_KERNEL {
         core::ptr::addr_of!(KERNEL_PROBE) as u64
@@ -203,7 +192,7 @@ fn call_in_zone(
             req.fault_vector = vec as u32;
             req.fault_addr = cr2;
             req.fault_rip = rip.wrapping_sub(entry);
-            win.report_fault(vec as u32, cr2);
+            zone.report_fault(vec as u32, cr2);
             let mut l = Line::new();
             let _ = write!(
                 l,
@@ -239,6 +228,6 @@ fn call_in_zone(
         dt
     );
     kapi::log(Level::Info, l.as_str());
-    win.close(status)?;
+    zone.close(status)?;
     Ok(status)
 }

@@ -33,6 +33,8 @@ pub struct HostZone {
     pub va: *mut u8,
     /// The host wants TDG.MEM.PAGE.ACCEPT of every page in the first window.
     accept_pending: bool,
+    /// Open window: the vCPU and the preemption guard.
+    open: Option<(u32, NoPreempt)>,
 }
 
 impl HostZone {
@@ -71,21 +73,24 @@ impl HostZone {
             pages,
             va,
             accept_pending: zflags & access::ZONE_FLAG_ACCEPT_REQUIRED != 0,
+            open: None,
         })
     }
 
-    /// Open the window (VMM_ENTER): the zone is reachable until [`Window`]
-    /// is closed. Preemption stays disabled for the whole window (the host
-    /// checks that VMM_RESUME comes from the same vCPU).
-    pub fn enter(&mut self) -> Result<Window<'_>, Error> {
+    /// Open the window (VMM_ENTER) on this CPU: the zone is reachable
+    /// until [`close`](Self::close). Preemption stays disabled for the whole
+    /// window (the host checks that VMM_RESUME comes from the same vCPU).
+    pub fn open(&mut self) -> Result<(), Error> {
+        if self.open.is_some() {
+            return Err(Error::AlreadyRunning);
+        }
         let np = NoPreempt::new();
         let cpu = np.cpu();
         hypercall(Leaf::VmmEnter, [self.host_id as u64, cpu as u64, 0, 0])?;
         if self.accept_pending {
             for p in 0..self.pages {
-                if let Err(st) = kapi::tdx_accept(self.gpa + p * PAGE_SIZE) {
+                if kapi::tdx_accept(self.gpa + p * PAGE_SIZE).is_err() {
                     kapi::log(Level::Err, "TDG.MEM.PAGE.ACCEPT of a zone page failed");
-                    let _ = st;
                     let _ = hypercall(
                         Leaf::VmmResume,
                         [self.host_id as u64, cpu as u64, Error::SeamError as u64, 0],
@@ -95,68 +100,50 @@ impl HostZone {
             }
             self.accept_pending = false;
         }
-        Ok(Window {
-            zone: self,
-            cpu,
-            _np: np,
-            closed: false,
-        })
+        self.open = Some((cpu, np));
+        Ok(())
     }
 
-    /// Unmap and AGENT_DISABLE.
-    pub fn destroy(self) -> Result<(), Error> {
+    /// Whether a window is open.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Report a fault of the running agent (AGENT_FAULT); window open.
+    pub fn report_fault(&self, vector: u32, addr: u64) {
+        if vector < 32
+            && hypercall(
+                Leaf::AgentFault,
+                [self.host_id as u64, vector as u64, addr, 0],
+            )
+            .is_err()
+        {
+            kapi::log(Level::Warn, "AGENT_FAULT hypercall failed");
+        }
+    }
+
+    /// Close the window (VMM_RESUME with the call's status); a no-op if
+    /// none is open.
+    pub fn close(&mut self, status: u32) -> Result<(), Error> {
+        match self.open.take() {
+            Some((cpu, np)) => {
+                let r = hypercall(
+                    Leaf::VmmResume,
+                    [self.host_id as u64, cpu as u64, status as u64, 0],
+                );
+                drop(np);
+                r.map(|_| ())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Close any window, unmap and AGENT_DISABLE.
+    pub fn destroy(mut self) -> Result<(), Error> {
+        let _ = self.close(0);
         // SAFETY: the mapping is ours and nothing references it any more.
         unsafe { kapi::unmap_zone(self.va) };
         state::stats().zone_bytes -= self.pages * PAGE_SIZE;
         hypercall(Leaf::AgentDisable, [self.host_id as u64, 0, 0, 0]).map(|_| ())
-    }
-}
-
-/// An open VMM_ENTER..VMM_RESUME window.
-pub struct Window<'a> {
-    zone: &'a HostZone,
-    cpu: u32,
-    _np: NoPreempt,
-    closed: bool,
-}
-
-impl Window<'_> {
-    /// Report a fault of the running agent (AGENT_FAULT).
-    pub fn report_fault(&self, vector: u32, addr: u64) {
-        if vector < 32 {
-            if let Err(e) = hypercall(
-                Leaf::AgentFault,
-                [self.zone.host_id as u64, vector as u64, addr, 0],
-            ) {
-                let _ = e;
-                kapi::log(Level::Warn, "AGENT_FAULT hypercall failed");
-            }
-        }
-    }
-
-    /// VMM_RESUME with the call's status.
-    pub fn close(mut self, status: u32) -> Result<(), Error> {
-        self.closed = true;
-        hypercall(
-            Leaf::VmmResume,
-            [self.zone.host_id as u64, self.cpu as u64, status as u64, 0],
-        )
-        .map(|_| ())
-    }
-}
-
-impl Drop for Window<'_> {
-    fn drop(&mut self) {
-        if !self.closed {
-            let _ = hypercall(
-                Leaf::VmmResume,
-                [
-                    self.zone.host_id as u64,
-                    self.cpu as u64,
-                    Error::Internal as u64,
-                    0,
-                ],
-            );
-        }
     }
 }

@@ -1,0 +1,339 @@
+//! The loader core's [`Platform`] inside the guest kernel.
+//!
+//! * A zone is one host registration (AGENT_ACCESS under the image's first
+//!   agent id) of `layout.total()` pages plus the page-table pages of the
+//!   collaborative address space, mapped RW+NX with `vmap_pfn`. `view` and
+//!   `base` are that kernel mapping: the agent sees its zone at the same
+//!   virtual address in both modes, so one relocation serves both.
+//! * The zone is reachable only inside a VMM_ENTER..VMM_RESUME window. The
+//!   ioctl layer opens one around every core operation that touches the zone:
+//!   `zone_alloc` opens it for the load (closed by [`KPlatform::close`] after
+//!   `Registry::load`), the CALL ioctl around `Registry::call`.
+//! * `zone_protect` changes the kernel PTEs (W^X, guard pages not present)
+//!   and records the regions for the collaborative page tables.
+//! * `run`: exclusive = `kernel_fpu_begin` + `arch::enter` on the kernel
+//!   mapping (preemption is already off: window); collaborative = the zone
+//!   switch of [`crate::collab`] with the in-zone services.
+use core::cell::UnsafeCell;
+use core::fmt::Write;
+
+use tetd::abi::{Error, Mode, Services, AGENT_FLAGS_ALL, PAGE_SIZE};
+use tetd_kernel::arch::EnterResult;
+use tetd_kernel::layout::SERVICES_OFFSET;
+use tetd_kernel::{FaultInfo, Platform, Protection, RunOutcome, RunRequest, ZoneMem, ZoneRequest};
+
+use crate::collab::{self, AgentSpace, ServicesArea};
+use crate::excl::{print_agent_log, Line};
+use crate::kapi::{self, prot, Fpu, Level};
+use crate::pagetable::Perm;
+use crate::state;
+use crate::tramp::kind;
+use crate::zone::HostZone;
+
+/// Zones (= loaded images) at most; matches the registry's image table.
+pub const MAX_ZONES: usize = 16;
+const MAX_REGIONS: usize = 48;
+
+/// Collaborative services context, log buffer: inside the frame page after
+/// the CallFrame (+0) and the Services table (+256).
+const CTX_OFF: u64 = 512;
+const LOG_OFF: u64 = 1024;
+const LOG_CAP: u64 = PAGE_SIZE - LOG_OFF;
+
+struct Slot {
+    zone: Option<HostZone>,
+    core_pages: u64,
+    pt_off: u64,
+    pt_pages: u64,
+    regions: [(u64, u64, Perm); MAX_REGIONS],
+    nregions: usize,
+    space: Option<AgentSpace>,
+}
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        zone: None,
+        core_pages: 0,
+        pt_off: 0,
+        pt_pages: 0,
+        regions: [(0, 0, Perm::R); MAX_REGIONS],
+        nregions: 0,
+        space: None,
+    };
+}
+
+/// The kernel platform (one instance, inside the registry static).
+pub struct KPlatform {
+    slots: UnsafeCell<[Slot; MAX_ZONES]>,
+}
+
+// SAFETY: every use happens with the module mutex held (single-threaded).
+unsafe impl Sync for KPlatform {}
+
+impl KPlatform {
+    /// Empty.
+    pub const fn new() -> Self {
+        KPlatform {
+            slots: UnsafeCell::new([Slot::EMPTY; MAX_ZONES]),
+        }
+    }
+
+    #[allow(clippy::mut_from_ref)]
+    fn slot(&self, token: u64) -> Option<&mut Slot> {
+        // SAFETY: module mutex held; no other reference to this slot is live
+        // across this call (callers use it briefly, never across `run`'s
+        // agent execution except through this same &mut).
+        let slots = unsafe { &mut *self.slots.get() };
+        slots.get_mut(usize::try_from(token).ok()?)
+    }
+
+    /// Open the zone's window (VMM_ENTER) before the core touches it.
+    pub fn open(&self, token: u64) -> Result<(), Error> {
+        let z = self
+            .slot(token)
+            .and_then(|s| s.zone.as_mut())
+            .ok_or(Error::Internal)?;
+        z.open()
+    }
+
+    /// Close the zone's window (VMM_RESUME with `status`).
+    pub fn close(&self, token: u64, status: u32) {
+        if let Some(z) = self.slot(token).and_then(|s| s.zone.as_mut()) {
+            if let Err(e) = z.close(status) {
+                let mut l = Line::new();
+                let _ = write!(l, "VMM_RESUME of agent {} failed: {e}", z.host_id);
+                kapi::log(Level::Err, l.as_str());
+            }
+        }
+    }
+
+    /// Close every open window (after a failed load the core may have left
+    /// none, one, or freed the zone already).
+    pub fn close_all(&self) {
+        for t in 0..MAX_ZONES as u64 {
+            if self
+                .slot(t)
+                .and_then(|s| s.zone.as_ref())
+                .is_some_and(|z| z.is_open())
+            {
+                self.close(t, 0);
+            }
+        }
+    }
+
+    fn run_collaborative(&self, slot: &mut Slot, req: &RunRequest<'_>) -> RunOutcome {
+        let Some(zone) = slot.zone.as_ref() else {
+            return RunOutcome::Refused(Error::Internal);
+        };
+        if slot.space.is_none() {
+            match AgentSpace::build(
+                zone.va,
+                zone.gpa,
+                &slot.regions[..slot.nregions],
+                slot.pt_off,
+                slot.pt_pages,
+            ) {
+                Ok(s) => slot.space = Some(s),
+                Err(e) => return RunOutcome::Refused(e),
+            }
+        }
+        let Some(space) = slot.space.as_mut() else {
+            return RunOutcome::Refused(Error::Internal);
+        };
+        let frame_va = req.zone.base + req.layout.frame.offset;
+        let area = ServicesArea {
+            services: frame_va + SERVICES_OFFSET,
+            ctx: frame_va + CTX_OFF,
+            log: frame_va + LOG_OFF,
+            log_cap: LOG_CAP,
+        };
+        // The core's services table is kernel code the agent cannot reach
+        // from its address space: swap in the in-zone services for the call.
+        // SAFETY: the frame page is reachable (window open) and RW; the
+        // Services table lies at +256 of it (tetd_kernel::layout).
+        let saved: Services = unsafe { core::ptr::read(area.services as *const Services) };
+        // SAFETY: as above; CTX_OFF/LOG_OFF are inside the frame page.
+        unsafe { collab::install_services(&area) };
+        let word = {
+            let _fpu = Fpu::begin();
+            // SAFETY: the zone is reachable; entry lies in an RX segment,
+            // frame and stack in RW regions the space maps (core layout).
+            unsafe { space.run(req.entry, req.frame, req.stack_top) }
+        };
+        // SAFETY: frame page reachable; restores the core's table.
+        let text = unsafe { collab::take_log(&area) };
+        print_agent_log(req.agent_id, text);
+        // SAFETY: as above.
+        unsafe { core::ptr::write(area.services as *mut Services, saved) };
+        let word = match word {
+            Ok(w) => w,
+            Err(e) => return RunOutcome::Refused(e),
+        };
+        let code = word as u32;
+        match word >> 32 {
+            kind::RETURNED => RunOutcome::Finished(EnterResult::Returned(code)),
+            kind::ABORT => RunOutcome::Finished(EnterResult::Aborted(code)),
+            kind::FAULT => {
+                let (vector, error, rip, cr2) = AgentSpace::last_fault();
+                let addr = if vector == 14 { cr2 } else { 0 };
+                state::stats().faults += 1;
+                zone.report_fault(vector as u32, addr);
+                let mut l = Line::new();
+                let _ = write!(
+                    l,
+                    "agent {} faulted in its zone: vector {vector} error {error:#x} rip {rip:#x} address {addr:#x}; call ended, kernel unaffected",
+                    req.agent_id
+                );
+                kapi::log(Level::Warn, l.as_str());
+                RunOutcome::Fault(FaultInfo {
+                    vector: vector as u32,
+                    error_code: error as u32,
+                    addr,
+                    rip,
+                })
+            }
+            _ => RunOutcome::Refused(Error::Internal),
+        }
+    }
+}
+
+impl Default for KPlatform {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn perm_of(p: Protection) -> Option<Perm> {
+    match p {
+        Protection::None => None,
+        Protection::Read => Some(Perm::R),
+        Protection::ReadWrite => Some(Perm::RW),
+        Protection::ReadExec => Some(Perm::RX),
+    }
+}
+
+// SAFETY: zone_alloc returns a mapping of `len` (+ page-table pages) bytes,
+// owned by the slot until zone_free, base == view page aligned; zone_protect
+// applies exactly the protection to the kernel mapping (the agent's view in
+// exclusive mode) and to the agent page tables (collaborative), never W+X,
+// and never touches `view`'s writability of RW regions; run returns after
+// the agent stopped, a fault ends it through the collaborative exit path
+// which restores the kernel context like arch::abort.
+unsafe impl Platform for KPlatform {
+    fn zone_alloc(&self, req: &ZoneRequest<'_>) -> Result<ZoneMem, Error> {
+        let first = req.image.agents().next().ok_or(Error::BadManifest)?;
+        let total = req.layout.total();
+        if total == 0 || total % PAGE_SIZE != 0 {
+            return Err(Error::BadSegment);
+        }
+        let core_pages = total / PAGE_SIZE;
+        let pt_pages = collab::pt_pages_bound(core_pages);
+        // SAFETY: module mutex held (see slot()).
+        let slots = unsafe { &mut *self.slots.get() };
+        let (token, slot) = slots
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| s.zone.is_none())
+            .ok_or(Error::TableFull)?;
+        let mut zone = HostZone::create(
+            first.id,
+            core_pages + pt_pages,
+            first.mode,
+            first.flags & AGENT_FLAGS_ALL,
+        )?;
+        if let Err(e) = zone.open() {
+            let _ = zone.destroy();
+            return Err(e);
+        }
+        let view = zone.va;
+        *slot = Slot::EMPTY;
+        slot.core_pages = core_pages;
+        slot.pt_off = core_pages;
+        slot.pt_pages = pt_pages;
+        slot.zone = Some(zone);
+        Ok(ZoneMem {
+            view,
+            base: view as u64,
+            len: total as usize,
+            token: token as u64,
+        })
+    }
+
+    fn zone_protect(&self, zone: &ZoneMem, off: u64, len: u64, p: Protection) -> Result<(), Error> {
+        let slot = self.slot(zone.token).ok_or(Error::Internal)?;
+        if off % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(Error::BadSegment);
+        }
+        let (pg, n) = (off / PAGE_SIZE, len / PAGE_SIZE);
+        if pg.checked_add(n).is_none_or(|end| end > slot.core_pages) {
+            return Err(Error::BadSegment);
+        }
+        let bits = match p {
+            Protection::None => 0,
+            Protection::Read => prot::R,
+            Protection::ReadWrite => prot::R | prot::W,
+            Protection::ReadExec => prot::R | prot::X,
+        };
+        kapi::set_prot(zone.view.wrapping_add(off as usize), n, bits)
+            .map_err(|_| Error::Internal)?;
+        if let Some(perm) = perm_of(p) {
+            if slot.nregions == MAX_REGIONS {
+                return Err(Error::TooLarge);
+            }
+            slot.regions[slot.nregions] = (pg, n, perm);
+            slot.nregions += 1;
+        }
+        slot.space = None; // rebuilt at the next collaborative call
+        Ok(())
+    }
+
+    unsafe fn zone_free(&self, zone: &ZoneMem) {
+        if let Some(slot) = self.slot(zone.token) {
+            if let Some(z) = slot.zone.take() {
+                if let Err(e) = z.destroy() {
+                    let mut l = Line::new();
+                    let _ = write!(l, "AGENT_DISABLE failed: {e}");
+                    kapi::log(Level::Err, l.as_str());
+                }
+            }
+            *slot = Slot::EMPTY;
+        }
+    }
+
+    fn run(&self, req: &RunRequest<'_>) -> RunOutcome {
+        let Some(slot) = self.slot(req.zone.token) else {
+            return RunOutcome::Refused(Error::Internal);
+        };
+        if !slot.zone.as_ref().is_some_and(|z| z.is_open()) {
+            return RunOutcome::Refused(Error::Internal);
+        }
+        state::stats().calls += 1;
+        state::stats().current_agent = req.agent_id;
+        let r = match req.mode {
+            Mode::Exclusive => {
+                let _fpu = Fpu::begin();
+                // SAFETY: the zone is mapped at base in the kernel page
+                // tables with the layout's protections (zone_protect) and
+                // reachable (window open); preemption is off (window) and
+                // the FPU is claimed.
+                RunOutcome::Finished(unsafe { req.enter() })
+            }
+            Mode::Collaborative => self.run_collaborative(slot, req),
+        };
+        state::stats().current_agent = 0;
+        r
+    }
+
+    fn random(&self, buf: &mut [u8]) -> Result<(), Error> {
+        kapi::random(buf);
+        Ok(())
+    }
+
+    fn time_ns(&self) -> u64 {
+        kapi::time_ns()
+    }
+
+    fn log(&self, agent_id: u32, msg: &[u8]) {
+        print_agent_log(agent_id, msg);
+    }
+}
