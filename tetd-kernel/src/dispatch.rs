@@ -611,10 +611,13 @@ impl<P: Platform, const IMAGES: usize, const AGENTS: usize> Registry<P, IMAGES, 
             )
         };
         let caller = agents[ctx.agent_slot].as_ref().ok_or(Error::Internal)?;
-        if !caller.is_admin() {
+        let op = AdminOp::from_u32(op);
+        // Reading one's own measurement is the one operation open to every
+        // agent (encrypted agents bind their sessions to it).
+        if op != Some(AdminOp::OwnMeasurement) && !caller.is_admin() {
             return Err(Error::Denied);
         }
-        let op = AdminOp::from_u32(op).ok_or(Error::Unsupported)?;
+        let op = op.ok_or(Error::Unsupported)?;
         let target = |agents: &[Option<Agent>]| -> Result<usize, Error> {
             let id = u32::try_from(arg).map_err(|_| Error::InvalidInput)?;
             agents
@@ -650,9 +653,13 @@ impl<P: Platform, const IMAGES: usize, const AGENTS: usize> Registry<P, IMAGES, 
                 set_enabled_in(platform, agents, i, op == AdminOp::Enable)?;
                 Ok(0)
             }
-            AdminOp::Measurement => {
-                let i = target(agents)?;
-                let slot = agents[i].as_ref().ok_or(Error::Internal)?.image_slot;
+            AdminOp::Measurement | AdminOp::OwnMeasurement => {
+                let slot = if op == AdminOp::OwnMeasurement {
+                    ctx.image_slot
+                } else {
+                    let i = target(agents)?;
+                    agents[i].as_ref().ok_or(Error::Internal)?.image_slot
+                };
                 let img = images[slot].as_ref().ok_or(Error::Internal)?;
                 if out.len() < MEASUREMENT_LEN {
                     return Err(Error::OutputTooLarge);

@@ -6,6 +6,7 @@ pub mod notify;
 pub mod rtmr;
 pub mod seam;
 pub mod seam_model;
+pub mod session;
 pub mod vmm;
 pub mod zone_alloc;
 

@@ -27,7 +27,9 @@
 //!   once, at the signature),
 //! * the entry trampoline, an `unsafe extern "C" fn(*mut CallFrame) -> u32`
 //!   exported as `__tetd_entry_<id>_<fn>`, which calls
-//!   `tetd::__private::dispatch(frame, <fn>)`,
+//!   `tetd::__private::dispatch(frame, <fn>)` — or, for `encrypted` agents,
+//!   `tetd::__private::dispatch_encrypted(frame, <fn>)`, which runs the
+//!   session protocol of `docs/encryption.md` around the handler,
 //! * the descriptor, a `tetd::abi::AgentDescriptor` static placed in the
 //!   `.tetd.agents` link section (`#[used]`), exported as
 //!   `__tetd_agent_<id>_<fn>`. `tetd-pack` finds agents through that symbol
@@ -440,11 +442,23 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
         const #handler_ident: fn(&mut ::tetd::Call<'_>) -> ::tetd::Result<()> = #fn_ident;
     };
 
+    // Encrypted agents: the session wrapper is compiled into the trampoline
+    // (the runtime cannot switch it off).
+    let (dispatch, require) = if opts.encrypted {
+        (
+            quote!(::tetd::__private::dispatch_encrypted),
+            quote!(::tetd::__private::require_session!();),
+        )
+    } else {
+        (quote!(::tetd::__private::dispatch), quote!())
+    };
+
     let out = quote! {
         #f
 
         #[doc(hidden)]
         const _: () = {
+            #require
             #ty_check
 
             #[unsafe(export_name = #entry_sym)]
@@ -452,7 +466,7 @@ fn expand(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
                 // SAFETY: the runtime calls agent entries with a frame that
                 // satisfies the `CallFrame` contract (or null, which
                 // `dispatch` rejects).
-                unsafe { ::tetd::__private::dispatch(frame, #handler_ident) }
+                unsafe { #dispatch(frame, #handler_ident) }
             }
 
             #[used]

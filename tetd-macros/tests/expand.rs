@@ -127,7 +127,7 @@ fn raw_identifier_and_hex_id() {
 #[test]
 fn descriptors_live_in_the_agent_section() {
     // Read this test executable's own `.tetd.agents` section, as tetd-pack
-    // reads an agent's: exactly our five descriptors, in 72-byte records.
+    // reads an agent's: exactly our six descriptors, in 72-byte records.
     use object::{Object, ObjectSection};
     let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
     let file = object::File::parse(&*exe).unwrap();
@@ -147,7 +147,7 @@ fn descriptors_live_in_the_agent_section() {
         })
         .collect();
     ids.sort();
-    assert_eq!(ids, [1, 3, 5, 16, 4_000_000_000]);
+    assert_eq!(ids, [1, 3, 5, 7, 16, 4_000_000_000]);
 }
 
 // --- calling trampolines through the descriptor, as a runtime does --------
@@ -224,16 +224,45 @@ fn trampoline_dispatches_to_the_handler() {
     assert_eq!(out, b"hello agent");
 }
 
+#[tetd::agent(id = 7, name = "fails")]
+fn fails_on_empty(ctx: &mut tetd::Call) -> tetd::Result<()> {
+    if ctx.input().is_empty() {
+        return Err(Error::InvalidInput);
+    }
+    ctx.output(b"ok")
+}
+
 #[test]
 fn handler_errors_become_status_codes() {
+    extern "C" {
+        #[link_name = "__tetd_agent_7_fails_on_empty"]
+        static FAILS: AgentDescriptor;
+    }
     // SAFETY: as above.
-    let d = desc(unsafe { &ALL });
+    let d = desc(unsafe { &FAILS });
     let (status, out) = call(&d, d.id, b"");
     assert_eq!(status, Error::InvalidInput.code());
     assert!(out.is_empty());
     let (status, out) = call(&d, d.id, b"x");
     assert_eq!(status, 0);
     assert_eq!(out, b"ok");
+}
+
+#[test]
+fn encrypted_trampoline_runs_the_session_wrapper() {
+    // SAFETY: as above.
+    let d = desc(unsafe { &ALL });
+    // Plaintext never reaches the handler of an encrypted agent (the
+    // session protocol itself is tested in tetd-sdk, tetd-kvm, tetd-pack).
+    for input in [
+        &b""[..],
+        b"x",
+        b"\x03\x01\x00\x00plaintext that is not DATA",
+    ] {
+        let (status, out) = call(&d, d.id, input);
+        assert_eq!(status, Error::Crypto.code(), "{input:?}");
+        assert!(out.is_empty());
+    }
 }
 
 #[test]

@@ -50,6 +50,15 @@ pub const ZONE_GPA_BASE: u64 = 0x1_0000_0000;
 /// Size of the secret-zone window (256 MiB).
 pub const ZONE_GPA_SIZE: u64 = 0x1000_0000;
 
+/// The runtime measurement register the guest module extends with the
+/// measurement (SHA-384, 48 bytes) of every image it loads, in load order:
+/// `RTMR[3] = SHA-384(RTMR[3] || measurement)` (TDG.MR.RTMR.EXTEND, or the
+/// RTMR_EXTEND leaf on the simulated host). RTMR0..2 are what TDVF and the
+/// boot chain extend (firmware configuration, boot loader, kernel command
+/// line and initrd); RTMR3 is left to the TD. `tetd-pack measure`
+/// recomputes the value from the image files ([`crate::measure`]).
+pub const AGENT_RTMR_INDEX: u64 = 3;
+
 /// Register convention, identical for `TDG.VP.VMCALL` and the simulated port
 /// transport (it is the convention of Linux' `__tdx_hypercall`).
 ///
@@ -681,7 +690,9 @@ pub struct CallFrame {
     pub abi_version: u32,
     /// Id of the agent being called.
     pub agent_id: u32,
-    /// Input bytes.
+    /// Input bytes. The runtime copies the caller's input into the agent's
+    /// zone; the agent may also write them (encrypted agents decrypt in
+    /// place).
     pub input: *const u8,
     /// Input length.
     pub input_len: u64,
@@ -718,6 +729,10 @@ pub enum AdminOp {
     Enable = 3,
     /// Measurement of the image holding agent `arg` (48 bytes).
     Measurement = 4,
+    /// Measurement of the caller's own image (48 bytes; `arg` ignored).
+    /// The one operation every agent may use: an encrypted agent binds its
+    /// sessions to it (`docs/encryption.md`).
+    OwnMeasurement = 5,
 }
 
 impl AdminOp {
@@ -728,6 +743,7 @@ impl AdminOp {
             2 => Some(AdminOp::Disable),
             3 => Some(AdminOp::Enable),
             4 => Some(AdminOp::Measurement),
+            5 => Some(AdminOp::OwnMeasurement),
             _ => None,
         }
     }

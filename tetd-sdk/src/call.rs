@@ -139,6 +139,18 @@ impl<'a> Call<'a> {
         code_to_result(unsafe { (s.register_entry)(s.ctx, id, name.as_ptr(), name.len(), entry) })
     }
 
+    /// The SHA-384 measurement of this agent's own image, as the runtime
+    /// that loaded it computed it (`AdminOp::OwnMeasurement`, open to every
+    /// agent).
+    pub fn measurement(&self) -> Result<[u8; crate::image::MEASUREMENT_LEN]> {
+        let mut m = [0u8; crate::image::MEASUREMENT_LEN];
+        let n = self.admin(AdminOp::OwnMeasurement, 0, &mut m)?;
+        if n != m.len() {
+            return Err(Error::Internal);
+        }
+        Ok(m)
+    }
+
     /// Run an admin operation; returns the number of bytes written to `out`.
     pub fn admin(&self, op: AdminOp, arg: u64, out: &mut [u8]) -> Result<usize> {
         let s = self.services();
@@ -167,6 +179,41 @@ fn code_to_result(code: u32) -> Result<()> {
 /// `frame` is what the runtime passed to the agent entry: null or a valid
 /// [`CallFrame`] satisfying the [`Call::from_frame`] contract.
 pub unsafe fn dispatch(frame: *mut CallFrame, handler: fn(&mut Call<'_>) -> Result<()>) -> u32 {
+    let body = |frame: &mut CallFrame| {
+        // SAFETY: `enter` checked the frame; contract forwarded.
+        let mut call = unsafe { Call::from_frame(frame) };
+        handler(&mut call)
+    };
+    // SAFETY: contract forwarded from the caller.
+    unsafe { enter(frame, body) }
+}
+
+/// [`dispatch`] for agents declared `encrypted`: the session protocol of
+/// `docs/encryption.md` wraps the handler (HELLO is answered without it;
+/// DATA is decrypted for it and its result encrypted). Plaintext input is
+/// rejected with [`Error::Crypto`].
+///
+/// # Safety
+/// As [`dispatch`]; in addition the input area must be writable by the
+/// agent (it is: the runtime copies the input into the agent's zone).
+#[cfg(feature = "session")]
+pub unsafe fn dispatch_encrypted(
+    frame: *mut CallFrame,
+    handler: fn(&mut Call<'_>) -> Result<()>,
+) -> u32 {
+    let body = |frame: &mut CallFrame| {
+        // SAFETY: `enter` checked the frame; contract forwarded.
+        unsafe { crate::session::dispatch_encrypted(frame, handler) }
+    };
+    // SAFETY: contract forwarded from the caller.
+    unsafe { enter(frame, body) }
+}
+
+/// Check the frame, publish it for the panic handler, run `body`.
+///
+/// # Safety
+/// As [`dispatch`].
+unsafe fn enter(frame: *mut CallFrame, body: impl FnOnce(&mut CallFrame) -> Result<()>) -> u32 {
     if frame.is_null() {
         return Error::BadRequest.code();
     }
@@ -177,9 +224,7 @@ pub unsafe fn dispatch(frame: *mut CallFrame, handler: fn(&mut Call<'_>) -> Resu
     }
     frame.output_len = 0;
     let prev = CURRENT.swap(frame, Ordering::AcqRel);
-    // SAFETY: contract forwarded from the caller.
-    let mut call = unsafe { Call::from_frame(frame) };
-    let r = handler(&mut call);
+    let r = body(frame);
     CURRENT.store(prev, Ordering::Release);
     match r {
         Ok(()) => 0,

@@ -8,6 +8,9 @@
 //! * [`image`] — the `.tetd` image format (parse, check, write);
 //! * [`verify`] — signature verification and the signer allow-list;
 //! * [`tdcall`] — register marshalling of the guest's TDCALLs (real TDX);
+//! * [`session`] — encrypted sessions between a host client and an agent
+//!   (wire format; the agent side with feature `session`);
+//! * [`measure`] — the RTMR extend rule and its replay;
 //! * [`Call`] — the context an agent handler sees.
 //!
 //! Agents are written as
@@ -35,6 +38,8 @@ extern crate std;
 pub mod abi;
 mod call;
 pub mod image;
+pub mod measure;
+pub mod session;
 pub mod tdcall;
 pub mod verify;
 
@@ -52,4 +57,64 @@ mod panic;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::call::dispatch;
+    #[cfg(feature = "session")]
+    pub use crate::call::dispatch_encrypted;
+
+    /// `#[tetd::agent(encrypted)]` expands to this first: without the
+    /// `session` feature it is a clear compile error instead of a missing
+    /// `dispatch_encrypted`.
+    #[cfg(feature = "session")]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __tetd_require_session {
+        () => {};
+    }
+    /// See above.
+    #[cfg(not(feature = "session"))]
+    #[macro_export]
+    #[doc(hidden)]
+    macro_rules! __tetd_require_session {
+        () => {
+            ::core::compile_error!(
+                "`#[tetd::agent(encrypted)]` needs the tetd-sdk feature `session` \
+                 (enabled by `agent`): tetd-sdk = { ..., features = [\"agent\"] }"
+            );
+        };
+    }
+    pub use crate::__tetd_require_session as require_session;
+}
+
+/// An [`abi::AgentEntry`] for a handler, to register at run time with
+/// [`Call::register_entry`] (the counterpart of the C prototype's
+/// `tetdg_agent_call_register(id, handler)`):
+///
+/// ```ignore
+/// fn upper(ctx: &mut tetd::Call) -> tetd::Result<()> { ... }
+/// ctx.register_entry(31, "upper", tetd::entry!(upper))?;
+/// ```
+///
+/// An entry registered at run time inherits the flags of the agent that
+/// registered it, so an `encrypted` agent registers `tetd::entry!(upper,
+/// encrypted)`: the session wrapper is compiled into the entry, never
+/// switched on or off by the runtime.
+#[macro_export]
+macro_rules! entry {
+    ($handler:path) => {{
+        unsafe extern "C" fn __tetd_dynamic_entry(frame: *mut $crate::abi::CallFrame) -> u32 {
+            const H: fn(&mut $crate::Call<'_>) -> $crate::Result<()> = $handler;
+            // SAFETY: the runtime calls entries with a frame satisfying the
+            // CallFrame contract (or null, which dispatch rejects).
+            unsafe { $crate::__private::dispatch(frame, H) }
+        }
+        __tetd_dynamic_entry as $crate::abi::AgentEntry
+    }};
+    ($handler:path, encrypted) => {{
+        $crate::__private::require_session!();
+        unsafe extern "C" fn __tetd_dynamic_entry(frame: *mut $crate::abi::CallFrame) -> u32 {
+            const H: fn(&mut $crate::Call<'_>) -> $crate::Result<()> = $handler;
+            // SAFETY: as above; the input area is writable by the agent.
+            unsafe { $crate::__private::dispatch_encrypted(frame, H) }
+        }
+        __tetd_dynamic_entry as $crate::abi::AgentEntry
+    }};
 }

@@ -685,20 +685,39 @@ fn read_descriptors(
                 at()
             ));
         }
+        let mut max_input = if max_input == 0 {
+            pkg.settings.max_input
+        } else {
+            max_input
+        };
+        let mut max_output = if max_output == 0 {
+            pkg.settings.max_output
+        } else {
+            max_output
+        };
+        if flags & abi::AGENT_FLAG_ENCRYPTED != 0 {
+            // The agent declares plaintext limits; the manifest holds what
+            // crosses the wire (docs/encryption.md, "Sizes").
+            let wire_in = tetd::session::wire_max_input(max_input).filter(|v| *v <= MAX_IO);
+            let wire_out = tetd::session::wire_max_output(max_output).filter(|v| *v <= MAX_IO);
+            let (Some(wire_in), Some(wire_out)) = (wire_in, wire_out) else {
+                return err(format!(
+                    "{}: encrypted agent: max_input {max_input} + {} / max_output {max_output} + {} \
+                     bytes of session overhead exceed {MAX_IO}",
+                    at(),
+                    tetd::session::REQUEST_OVERHEAD,
+                    tetd::session::REPLY_OVERHEAD
+                ));
+            };
+            max_input = wire_in;
+            max_output = wire_out;
+        }
         let record = AgentRecord {
             id,
             mode,
             flags,
-            max_input: if max_input == 0 {
-                pkg.settings.max_input
-            } else {
-                max_input
-            },
-            max_output: if max_output == 0 {
-                pkg.settings.max_output
-            } else {
-                max_output
-            },
+            max_input,
+            max_output,
             entry,
             name,
         };
