@@ -141,6 +141,25 @@ fn exit_port_with_two_vcpus_stops_the_waiting_ap() {
 }
 
 #[test]
+fn second_vcpu_starts_on_init_sipi() {
+    let Some(mut config) = micro("second_vcpu_starts_on_init_sipi", "SMP") else {
+        return;
+    };
+    config.vcpus = 2;
+    let (out, _) = run_vm(config, Recorder::default()).unwrap();
+    // Only the AP's real-mode trampoline writes 9.
+    assert_eq!(
+        out.exit,
+        VmExit::Status {
+            code: 9,
+            via: StatusSource::Port
+        },
+        "{}",
+        out.exit
+    );
+}
+
+#[test]
 fn hypercall_registers_round_trip() {
     let Some(config) = micro("hypercall_registers_round_trip", "HYPERCALL") else {
         return;

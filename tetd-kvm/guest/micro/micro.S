@@ -14,6 +14,9 @@
  *   SPIN      loop forever (timeout test)
  *   KICK      spin until RAX != 0, then exit with status AL (the test's
  *             kick handler sets RAX)
+ *   SMP       the BSP copies a real-mode trampoline to 0x10000 and starts
+ *             vCPU 1 with INIT + SIPI through its local APIC; the AP writes
+ *             9 to the exit port (the BSP only spins)
  */
         .intel_syntax noprefix
 
@@ -113,6 +116,29 @@ _start:
         jz      1b
         mov     dx, EXIT_PORT
         out     dx, al
+
+#elif defined(SCENARIO_SMP)
+        lea     rsi, [rip + trampoline]
+        mov     rdi, 0x10000
+        mov     rcx, trampoline_end - trampoline
+        rep movsb
+        mov     rbx, 0xfee00000                 /* local APIC (xAPIC MMIO) */
+        mov     dword ptr [rbx + 0x310], 0x01000000     /* ICR high: APIC id 1 */
+        mov     dword ptr [rbx + 0x300], 0x00004500     /* INIT, assert */
+        mov     dword ptr [rbx + 0x310], 0x01000000
+        mov     dword ptr [rbx + 0x300], 0x00004610     /* SIPI, vector 0x10 = 0x10000 */
+1:      pause
+        jmp     1b
+
+        .code16
+trampoline:                                     /* runs on the AP in real mode */
+        mov     al, 9
+        mov     dx, EXIT_PORT
+        out     dx, al
+2:      hlt
+        jmp     2b
+trampoline_end:
+        .code64
 
 #else
 #error "define one SCENARIO_*"

@@ -46,8 +46,9 @@
 //! # Hosts that emulate guest kernels
 //! Where `/dev/kvm` is the PVM backend ([`kvm_emulates_guest_kernel`]), an
 //! unmodified guest kernel runs under KVM's instruction emulator (~0.6 M
-//! instructions/s measured on the development machine); see
-//! `tetd-kvm/guest/README.md`.
+//! instructions/s measured on the development machine) and the Debian 6.1
+//! kernel cannot finish booting (the emulator cannot execute its INT3
+//! self-test); see `tetd-kvm/guest/README.md`.
 //!
 //! # Debugging
 //! `TETD_VMM_DEBUG=1` logs every VM exit and, when a vCPU is stopped, its

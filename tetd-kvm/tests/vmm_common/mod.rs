@@ -78,8 +78,8 @@ pub fn build_micro(test: &str, scenario: &str) -> Result<PathBuf, String> {
 /// Why the Linux-guest tests cannot (or should not) run here, if so.
 ///
 /// `TETD_VMM_LINUX_TESTS=1` forces them, `=0` skips them. By default they are
-/// skipped where KVM emulates guest kernel code (PVM backend), because an
-/// unmodified Debian kernel needs many minutes to boot there.
+/// skipped where KVM emulates guest kernel code (PVM backend): an unmodified
+/// Debian kernel cannot boot there (see tetd-kvm/guest/README.md).
 pub fn linux_skip_reason() -> Option<String> {
     if let Some(r) = kvm_skip_reason() {
         return Some(format!("{r} (needs /dev/kvm)"));
@@ -90,9 +90,10 @@ pub fn linux_skip_reason() -> Option<String> {
     }
     if mode != "1" && tetd_kvm::vmm::kvm_emulates_guest_kernel() {
         return Some(
-            "this host's /dev/kvm is the PVM backend (kvm_pvm), which emulates an unmodified guest \
-             kernel instruction by instruction; a Debian kernel boot takes many minutes here. \
-             Set TETD_VMM_LINUX_TESTS=1 to run anyway"
+            "this host's /dev/kvm is the PVM backend (kvm_pvm): it runs an unmodified guest kernel \
+             through KVM's instruction emulator, which cannot execute INT3 in long mode, and Linux \
+             6.1 executes one during boot (alternatives self-test), so the Debian kernel cannot \
+             boot here (TETD_VMM_LINUX_TESTS=1 runs the test anyway)"
                 .into(),
         );
     }
