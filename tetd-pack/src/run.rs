@@ -18,6 +18,8 @@ use tetd_kernel::{CallOptions, CallReport, ImageId, LoadOptions, Registry};
 
 use crate::util::hex;
 
+mod encrypt;
+
 /// Largest output buffer the runner offers a call (the image format's limit).
 const MAX_OUTPUT: usize = tetd::image::MAX_IO as usize;
 
@@ -34,7 +36,8 @@ EXAMPLES:
   tetd-pack run echo.tetd --agent 1 --hex 68656c6c6f
   tetd-pack run signer.tetd --call 3:text:pubkey --call '3:text:sign hello' --hex-output
   tetd-pack run admin.tetd echo.tetd --allow trusted.keys --allow-unsigned --call 5:text:list --info
-  tetd-pack run audit-log.tetd --script - --hex-output     (one call per input line)")]
+  tetd-pack run audit-log.tetd --script - --hex-output     (one call per input line)
+  tetd-pack run secure-echo.tetd --encrypt --agent 20 --input hello")]
 pub struct RunArgs {
     /// Images to load, in order (all their agents are registered).
     #[arg(required = true, value_name = "IMAGE")]
@@ -104,6 +107,19 @@ pub struct RunArgs {
     /// by a trusted key with the `admin` attribute.
     #[arg(long)]
     pub insecure_admin: bool,
+
+    /// Act as the host-side client of encrypted agents (docs/encryption.md):
+    /// calls to an agent flagged `encrypted` open a session (X25519
+    /// handshake bound to the image's measurement) and send the input
+    /// AES-256-GCM encrypted; the reply is verified and decrypted. Calls to
+    /// other agents stay plaintext. With --json each encrypted call shows
+    /// the bytes that crossed the call interface (`wire`).
+    #[arg(long)]
+    pub encrypt: bool,
+    /// With --encrypt: the measurement (96 hex digits) the client expects
+    /// of encrypted agents, instead of their image file's.
+    #[arg(long, value_name = "HEX", requires = "encrypt")]
+    pub measurement: Option<String>,
 }
 
 /// Where a call's input comes from.
@@ -323,6 +339,16 @@ pub fn run(a: &RunArgs) -> Result<i32> {
     };
     let mut reg: Box<Registry<SimPlatform>> = Box::new(Registry::new(SimPlatform::new(target)));
     let mut loaded = Vec::new();
+    let forced = match &a.measurement {
+        Some(h) => Some(
+            decode_hex(h)
+                .ok()
+                .and_then(|v| <[u8; tetd::image::MEASUREMENT_LEN]>::try_from(v).ok())
+                .ok_or_else(|| anyhow!("--measurement: expected 96 hex digits (SHA-384)"))?,
+        ),
+        None => None,
+    };
+    let mut clients = encrypt::Clients::new(forced);
     for path in &a.images {
         let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let id = reg.load(&bytes, &opts).map_err(|e| {
@@ -337,6 +363,13 @@ pub fn run(a: &RunArgs) -> Result<i32> {
             };
             anyhow!("loading {}: {e}{hint}", path.display())
         })?;
+        // What the client expects of this image's agents: the measurement
+        // of the file, parsed independently of the loader.
+        if let Ok(img) = tetd::image::Image::parse(&bytes) {
+            for ag in img.agents() {
+                clients.expect(ag.id, *img.measurement());
+            }
+        }
         loaded.push(Loaded {
             path: path.clone(),
             id,
@@ -362,14 +395,27 @@ pub fn run(a: &RunArgs) -> Result<i32> {
                 .agent(c.id)
                 .map_or(0, |ag| ag.max_output() as usize)
                 .min(MAX_OUTPUT);
-            let mut buf = vec![0u8; cap];
-            let r = reg.call(c.id, &c.input, &mut buf, &call_opts);
-            let output = &buf[..r.output_len];
+            let (r, buf, session) = if a.encrypt && encrypt::is_encrypted(&reg, c.id) {
+                let e = encrypt::call(&mut reg, &mut clients, c.id, &c.input, &call_opts, cap);
+                (e.report, e.output, Some((e.detail, e.wire)))
+            } else {
+                let mut buf = vec![0u8; cap];
+                let r = reg.call(c.id, &c.input, &mut buf, &call_opts);
+                buf.truncate(r.output_len);
+                (r, buf, None)
+            };
+            let output = &buf[..];
             if r.status.is_err() {
                 failed += 1;
             }
             if a.json {
-                json_calls.push(json_call(c, &r, output));
+                let mut v = json_call(c, &r, output);
+                if let Some((detail, wire)) = &session {
+                    v["encrypted"] = json!(true);
+                    v["session_detail"] = json!(detail);
+                    v["wire"] = wire.clone();
+                }
+                json_calls.push(v);
                 return Ok(());
             }
             match r.status {
@@ -381,6 +427,9 @@ pub fn run(a: &RunArgs) -> Result<i32> {
                         writeln!(out_stream, "! {} (E{})", e.name(), r.raw_status)?;
                     }
                     eprintln!("error: {}", describe_failure(c, &r));
+                    if let Some((Some(d), _)) = &session {
+                        eprintln!("  {d}");
+                    }
                 }
             }
             out_stream.flush()?;
