@@ -49,6 +49,7 @@ struct Recorder {
     map_zone_at_start: bool,
     kick_rax: Option<u64>,
     kicks: u32,
+    ready: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl HypercallHandler for Recorder {
@@ -75,6 +76,9 @@ impl HypercallHandler for Recorder {
             0x77 => HypercallRet::ok([0xa1, 0xa2, 0xa3]),
             LEAF_REPORT => {
                 self.reports.push(call.args);
+                if let Some(ready) = &self.ready {
+                    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 HypercallRet::ok([0; 3])
             }
             LEAF_BLOCK | LEAF_UNBLOCK => {
@@ -244,19 +248,29 @@ fn kick_lets_the_handler_change_registers() {
     };
     let vm = Vm::new(config).unwrap();
     let handle = vm.handle();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = Arc::clone(&ready);
     let kicker = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
+        // Kick only once the guest reported that it reached its spin loop.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while !seen.load(std::sync::atomic::Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(50));
         handle.kick(0).unwrap();
         assert!(handle.kick(5).is_err(), "no vCPU 5");
     });
-    let (out, rec) = vm
-        .run(Recorder {
-            kick_rax: Some(42),
-            ..Default::default()
-        })
-        .unwrap();
+    let rec = Recorder {
+        kick_rax: Some(42),
+        ready: Some(ready),
+        ..Default::default()
+    };
+    let (out, rec) = vm.run(rec).unwrap();
     kicker.join().unwrap();
     assert_eq!(out.status(), Some(42), "{}", out.exit);
+    assert_eq!(rec.reports, [[0, 0, 0, 0]]);
     assert_eq!(rec.kicks, 1);
     assert_eq!(out.stats.kicks, 1);
 }

@@ -12,8 +12,8 @@
  *   ZONE      read a mapped zone page, ask the host to block it, read and
  *             write it (violations), ask to unblock it, read again; exit 0
  *   SPIN      loop forever (timeout test)
- *   KICK      spin until RAX != 0, then exit with status AL (the test's
- *             kick handler sets RAX)
+ *   KICK      report "ready", spin until RAX != 0, then exit with status AL
+ *             (the test's kick handler sets RAX)
  *   SMP       the BSP copies a real-mode trampoline to 0x10000 and starts
  *             vCPU 1 with INIT + SIPI through its local APIC; the AP writes
  *             9 to the exit port (the BSP only spins)
@@ -111,6 +111,8 @@ _start:
 1:      jmp     1b
 
 #elif defined(SCENARIO_KICK)
+        xor     eax, eax
+        REPORT_RAX                      /* "ready": the test kicks after this */
         xor     eax, eax
 1:      test    rax, rax
         jz      1b
