@@ -275,3 +275,31 @@ fn measurement_does_not_depend_on_the_checkout_location() {
         "the checkout path leaked into the image"
     );
 }
+
+#[test]
+fn gnu_ld_links_working_images_too() {
+    let Some(ld) = ["/usr/bin/ld", "/bin/ld"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+    else {
+        eprintln!("SKIPPED: no GNU ld on this machine (install binutils)");
+        return;
+    };
+    let out = scratch().join("echo-gnu-ld.tetd");
+    let o = build(
+        &root().join("examples/sha256"),
+        &out,
+        &["--linker", ld, "--json"],
+    );
+    o.expect_code(0);
+    let json: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert!(json["build"]["elf"]
+        .as_str()
+        .unwrap()
+        .ends_with("sha256.gnu-ld.elf"));
+    let bytes = std::fs::read(&out).unwrap();
+    check_common(&json, &bytes);
+    let (status, digest) = call_agent(&bytes, 2, b"linked by GNU ld");
+    assert_eq!(status, 0);
+    assert_eq!(digest, Sha256::digest(b"linked by GNU ld").to_vec());
+}

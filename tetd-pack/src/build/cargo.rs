@@ -180,6 +180,15 @@ pub fn build_staticlib(
         "--remap-path-prefix={}=/target",
         target_dir.display()
     ));
+    // Whole-program optimisation, whatever the crate's [profile.release]
+    // says (config / environment settings take precedence over the
+    // manifest): every Rust function of the agent ends up in one module, so
+    // calls are direct instead of through GOT slots whose order would depend
+    // on symbol-name hashes (which depend on where the sources are), and the
+    // image is several times smaller.
+    cmd.env("CARGO_PROFILE_RELEASE_LTO", "fat")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .env("CARGO_PROFILE_RELEASE_PANIC", "abort");
     cmd.env_remove("RUSTFLAGS")
         .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
         .stdout(Stdio::piped())

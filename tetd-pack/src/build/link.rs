@@ -273,8 +273,17 @@ pub fn parse_undefined(stderr: &str) -> Vec<Undefined> {
     out
 }
 
-/// `krate::f::h0123456789abcdef` → `krate::f` (the legacy-mangling hash).
+/// `krate::f::h0123456789abcdef` → `krate::f` (the legacy-mangling hash);
+/// `__tetd_entry_<id>_<fn>` (a trampoline the handler was inlined into) →
+/// `fn <fn> (agent <id>)`.
 fn strip_hash(s: &str) -> String {
+    if let Some(rest) = s.strip_prefix("__tetd_entry_") {
+        if let Some((id, f)) = rest.split_once('_') {
+            if id.bytes().all(|b| b.is_ascii_digit()) {
+                return format!("fn {f} (agent {id})");
+            }
+        }
+    }
     if let Some(pos) = s.rfind("::h") {
         let h = &s[pos + 3..];
         if h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -316,6 +325,7 @@ mod tests {
         assert_eq!(u[1].referenced_by, ["f (in x.o)"]);
         assert_eq!(strip_hash("a::b::h0123456789abcdef"), "a::b");
         assert_eq!(strip_hash("a::b::hello"), "a::b::hello");
+        assert_eq!(strip_hash("__tetd_entry_12_my_fn"), "fn my_fn (agent 12)");
     }
 
     #[test]

@@ -163,7 +163,7 @@ fn compile_and_link(
     progress.step(
         "Compiling",
         format_args!(
-            "{} v{} ({}) for {} [release, pie, panic=abort]",
+            "{} v{} ({}) for {} [release, lto, pie, panic=abort]",
             krate.name,
             krate.version,
             crate_dir.display(),
@@ -187,8 +187,14 @@ fn compile_and_link(
     // is written under a temporary name and renamed into place.
     let script = work.join("agent.ld");
     write_atomic(&script, link::LINKER_SCRIPT.as_bytes())?;
-    let elf_path = work.join(format!("{}.elf", krate.lib_name));
     let linker = link::Linker::find(tc, args.linker.as_deref())?;
+    // One ELF per linker dialect, so builds with different linkers sharing a
+    // target directory do not replace each other's output.
+    let elf_path = work.join(match linker.flavor {
+        link::Flavor::RustLld => format!("{}.elf", krate.lib_name),
+        link::Flavor::Lld => format!("{}.ld-lld.elf", krate.lib_name),
+        link::Flavor::Gnu => format!("{}.gnu-ld.elf", krate.lib_name),
+    });
     progress.step(
         "Linking",
         format_args!(
