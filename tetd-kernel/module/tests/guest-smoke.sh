@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Guest smoke test of tetdg.ko + tetdctl in a real Debian 6.1 kernel, under
+# QEMU with software emulation (TCG) and the module's loopback transport.
+#
+# What it proves: the module loads into the distribution kernel; real .tetd
+# images (examples/echo, sha256, faulty) load through the loader core, run in
+# exclusive and collaborative mode with the right results; panics abort the
+# call; faults inside a collaborative agent (write to code, stack overflow,
+# #UD, reading kernel memory) end only that call; bad and duplicate images are
+# refused with clear messages; /proc/tetdg_info, list, unload, rmmod work.
+#
+# What it does NOT prove: anything about the host side. With
+# transport=loopback the module answers its own hypercalls (zones are guest
+# RAM, nothing is blocked). The end-to-end tests under the project's KVM VMM
+# cover the host (port transport, blocking, violations).
+#
+# Usage: tetd-kernel/module/tests/guest-smoke.sh   (prints "N passed, M failed")
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+cd "$ROOT"
+WORK="$ROOT/build/guest-smoke"
+mkdir -p "$WORK"
+
+die() { echo "guest-smoke: error: $*" >&2; exit 2; }
+
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    [ "$(id -u)" -eq 0 ] || die "qemu-system-x86_64 missing (apt-get install qemu-system-x86)"
+    echo "guest-smoke: installing qemu-system-x86" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null \
+        || die "apt-get install qemu-system-x86 failed"
+fi
+[ -f build/guest/KERNEL_VERSION ] || bash scripts/setup.sh
+KVER="$(cat build/guest/KERNEL_VERSION)"
+KERNEL="build/guest/kernel-$KVER/boot/vmlinuz-$KVER"
+[ -f "$KERNEL" ] || die "$KERNEL missing (scripts/setup.sh)"
+
+bash scripts/build-module.sh
+cargo build -q -p tetd-pack -p tetd-kvm --bins
+for ex in echo sha256 faulty; do
+    ./target/debug/tetd-pack build -q "examples/$ex" -o "$WORK/$ex.tetd"
+done
+printf 'this is not a TETD image, just 48 bytes of text.' > "$WORK/bad.tetd"
+
+cat > "$WORK/run.sh" <<'EOF'
+#!/bin/sh
+T=/tetd/tetdctl
+pass() { echo "CHECK-PASS $1"; }
+fail() { echo "CHECK-FAIL $1: $2"; }
+check() { # name, actual, expected
+    if [ "$2" = "$3" ]; then pass "$1"; else fail "$1" "got [$2] want [$3]"; fi
+}
+contains() { # name, text, needle
+    case "$2" in *"$3"*) pass "$1";; *) fail "$1" "[$2] lacks [$3]";; esac
+}
+insmod /tetd/tetdg.ko test_ioctl=1 transport=loopback && pass insmod || { fail insmod "rc $?"; exit 1; }
+contains proc-module "$(cat /proc/tetdg_info)" "module: transport loopback"
+contains load-echo "$($T load /tetd/echo.tetd 2>&1)" "1 agent(s): 1"
+contains load-sha256 "$($T load /tetd/sha256.tetd 2>&1)" "1 agent(s): 2"
+contains load-faulty "$($T load /tetd/faulty.tetd 2>&1)" "5 agent(s): 20 21 22 23 24"
+out=$($T load /tetd/bad.tetd 2>&1); rc=$?
+check bad-image-rc "$rc" 1
+contains bad-image-msg "$out" "(bad magic) (E100)"
+contains bad-image-dmesg "$(dmesg | grep 'image rejected' | tail -1)" "bad magic"
+out=$($T load /tetd/echo.tetd 2>&1); rc=$?
+check dup-rc "$rc" 1
+contains dup-msg "$out" "agent id 1 is already registered"
+check echo-exclusive "$($T call 1 --input 'hello exclusive')" "hello exclusive"
+check echo-collaborative "$($T call 1 --input 'hello zone' --mode collaborative)" "hello zone"
+abc=ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+contains sha256-exclusive "$($T call 2 --input abc --json)" "\"output_hex\":\"$abc\""
+contains sha256-collaborative "$($T call 2 --input abc --mode collaborative --json)" "\"output_hex\":\"$abc\""
+contains ok-agent "$($T call 24 --input x --mode collaborative)" "fine"
+out=$($T call 20 --input x 2>&1); rc=$?
+check panic-exclusive-rc "$rc" 1
+contains panic-exclusive "$out" "agent panicked (E4)"
+contains panic-collaborative "$($T call 20 --input x --mode collaborative 2>&1)" "agent panicked (E4)"
+out=$($T call 21 --input x --mode collaborative 2>&1); rc=$?
+check write-code-rc "$rc" 1
+contains write-code "$out" "agent faulted (E5): vector 14 error 0x3"
+contains stack-overflow "$($T call 23 --input x --mode collaborative --json 2>&1)" "\"status_name\":\"StackOverflow\""
+check alive-after-faults "$($T call 1 --input 'still alive' --mode collaborative)" "still alive"
+contains proc-fault "$(cat /proc/tetdg_info)" "(stack-guard)"
+contains missing-agent "$($T call 99 --input x 2>&1)" "not found (E8)"
+check blob-exclusive "$($T test-blob compute --arg 41)" "result 124"
+check blob-collaborative "$($T test-blob compute --arg 41 --mode collaborative)" "result 124"
+contains blob-ud "$($T test-blob ud --mode collaborative 2>&1)" "fault vector 6"
+contains blob-read-unmapped "$($T test-blob read-unmapped --mode collaborative 2>&1)" "fault vector 14 address 0x7ff000000000"
+contains blob-kernel-read-collab "$($T test-blob read-kernel --mode collaborative 2>&1)" "fault vector 14"
+check blob-kernel-read-excl "$($T test-blob read-kernel)" "result 9114559304323458412"
+contains blob-abort "$($T test-blob abort --arg 77 --mode collaborative 2>&1)" "status 77"
+contains blob-ud-exclusive-refused "$($T test-blob ud 2>&1)" "permission denied (E7)"
+contains unload "$($T unload 22)" "unloaded 5 agent(s)"
+case "$($T list)" in *write-code*) fail list-after-unload "write-code still listed";; *) pass list-after-unload;; esac
+contains info-json "$($T info --json)" "\"agents\":2"
+rmmod tetdg && pass rmmod || fail rmmod "rc $?"
+case "$(dmesg)" in *"BUG:"*|*"Oops"*|*"WARNING:"*) fail dmesg-clean "$(dmesg | grep -E 'BUG:|Oops|WARNING:' | head -3)";; *) pass dmesg-clean;; esac
+EOF
+
+./target/debug/tetd-vmm initramfs -o "$WORK/initrd.cpio" \
+    --file build/module/tetdg.ko:/tetd/tetdg.ko \
+    --file build/module/tetdctl:/tetd/tetdctl \
+    --file "$WORK/run.sh:/tetd/run.sh" \
+    --file "$WORK/echo.tetd:/tetd/echo.tetd" \
+    --file "$WORK/sha256.tetd:/tetd/sha256.tetd" \
+    --file "$WORK/faulty.tetd:/tetd/faulty.tetd" \
+    --file "$WORK/bad.tetd:/tetd/bad.tetd" >/dev/null
+
+echo "guest-smoke: booting Linux $KVER under QEMU (TCG), 2 vCPUs" >&2
+timeout 600 qemu-system-x86_64 -machine q35 -cpu max -m 512 -smp 2 -nographic -no-reboot \
+    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
+    -append "console=ttyS0 panic=-1 quiet" > "$WORK/console.log" 2>&1 || true
+
+tr -d '\r' < "$WORK/console.log" > "$WORK/console.txt"
+passed=$(grep -c '^CHECK-PASS ' "$WORK/console.txt" || true)
+failed=$(grep -c '^CHECK-FAIL ' "$WORK/console.txt" || true)
+grep '^CHECK-' "$WORK/console.txt" || true
+expected=37 # checks in run.sh above (one CHECK line each)
+if [ "$((passed + failed))" -ne "$expected" ]; then
+    echo "guest-smoke: only $((passed + failed)) of $expected checks reported (console: $WORK/console.txt)" >&2
+    failed=$((failed + expected - passed - failed))
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
