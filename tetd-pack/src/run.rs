@@ -366,9 +366,7 @@ pub fn run(a: &RunArgs) -> Result<i32> {
         // What the client expects of this image's agents: the measurement
         // of the file, parsed independently of the loader.
         if let Ok(img) = tetd::image::Image::parse(&bytes) {
-            for ag in img.agents() {
-                clients.expect(ag.id, *img.measurement());
-            }
+            clients.expect(id, *img.measurement());
         }
         loaded.push(Loaded {
             path: path.clone(),

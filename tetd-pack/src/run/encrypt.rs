@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tetd::abi::{Error, AGENT_FLAG_ENCRYPTED};
 use tetd::image::MEASUREMENT_LEN;
 use tetd_kernel::sim::SimPlatform;
-use tetd_kernel::{CallOptions, CallReport, Registry};
+use tetd_kernel::{CallOptions, CallReport, ImageId, Registry};
 use tetd_kvm::session::{Session, SessionError};
 
 use crate::util::hex;
@@ -21,8 +21,9 @@ use crate::util::hex;
 #[derive(Default)]
 pub struct Clients {
     sessions: HashMap<u32, Session>,
-    /// Expected measurement per agent id (from the image files).
-    expected: HashMap<u32, [u8; MEASUREMENT_LEN]>,
+    /// Expected measurement per loaded image (from the image files; entries
+    /// registered at run time belong to the image that registered them).
+    expected: HashMap<ImageId, [u8; MEASUREMENT_LEN]>,
     /// `--measurement`: expect this for every encrypted agent instead.
     forced: Option<[u8; MEASUREMENT_LEN]>,
 }
@@ -50,10 +51,10 @@ impl Clients {
         }
     }
 
-    /// Remember that agent `id` lives in an image whose file has
+    /// Remember that the loaded image `image` came from a file with
     /// `measurement`.
-    pub fn expect(&mut self, id: u32, measurement: [u8; MEASUREMENT_LEN]) {
-        self.expected.insert(id, measurement);
+    pub fn expect(&mut self, image: ImageId, measurement: [u8; MEASUREMENT_LEN]) {
+        self.expected.insert(image, measurement);
     }
 }
 
@@ -102,7 +103,10 @@ pub fn call(
     if !clients.sessions.contains_key(&id) {
         let m = clients
             .forced
-            .or_else(|| clients.expected.get(&id).copied())
+            .or_else(|| {
+                let image = reg.agent(id)?.image();
+                clients.expected.get(&image).copied()
+            })
             .unwrap_or([0; MEASUREMENT_LEN]);
         let (hs, hello) = match Session::hello(m, id) {
             Ok(x) => x,
