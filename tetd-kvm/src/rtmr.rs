@@ -6,7 +6,6 @@
 //! (TDH.MNG.INIT). TETD-H keeps this model for the simulated host, where the
 //! guest's RTMR_EXTEND leaf stands in for the TDCALL.
 
-use sha2::{Digest, Sha384};
 use tetd::abi::tdx::{NUM_RTMRS, RTMR_SIZE};
 
 /// One measurement value.
@@ -72,25 +71,24 @@ impl Rtmrs {
     }
 }
 
-/// One extension step: `SHA-384(old || digest)`.
+/// One extension step: `SHA-384(old || digest)` (the one definition is
+/// [`tetd::measure::extend`], shared with the guest side and `tetd-pack
+/// measure`).
 pub fn extend_value(old: &Measurement, digest: &Measurement) -> Measurement {
-    let mut h = Sha384::new();
-    h.update(old);
-    h.update(digest);
-    h.finalize().into()
+    tetd::measure::extend(old, digest)
 }
 
 /// The value a register reaches from zero after extending `digests` in
-/// order (what a verifier recomputes from an event log).
+/// order (what a verifier recomputes from an event log;
+/// [`tetd::measure::replay`]).
 pub fn replay<'a>(digests: impl IntoIterator<Item = &'a Measurement>) -> Measurement {
-    digests
-        .into_iter()
-        .fold([0; RTMR_SIZE], |acc, d| extend_value(&acc, d))
+    tetd::measure::replay(digests)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha384};
 
     #[test]
     fn extend_matches_definition() {

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod inspect;
+mod measure;
 mod run;
 mod sign;
 mod util;
@@ -40,6 +41,8 @@ enum Command {
     Verify(sign::VerifyArgs),
     /// Load images into the host simulator and call agents (like SGX simulation mode).
     Run(run::RunArgs),
+    /// Recompute the RTMR value a TD reaches by loading these images (in order).
+    Measure(measure::MeasureArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Sign(a) => sign::run_sign(a),
         Command::Verify(a) => sign::run_verify(a),
         Command::Run(a) => run::run(a),
+        Command::Measure(a) => measure::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
