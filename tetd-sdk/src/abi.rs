@@ -999,6 +999,26 @@ pub mod ioctl {
         pub fault_rip: u64,
     }
 
+    /// Largest signer allow-list `TRUST` accepts (bytes).
+    pub const MAX_ALLOWLIST_SIZE: u64 = 64 << 10;
+
+    /// `TRUST`: replace the module's signer allow-list (the text format of
+    /// `tetd::verify::AllowList`; an empty list trusts nobody).
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy)]
+    pub struct TrustRequest {
+        /// In: user address of the allow-list text.
+        pub list: u64,
+        /// In: its length.
+        pub list_len: u64,
+        /// Out: 0 or an [`super::Error`] code.
+        pub status: u32,
+        /// Out: number of keys now trusted.
+        pub keys: u32,
+        /// Out: NUL-terminated detail of a failure (line and column).
+        pub detail: [u8; DETAIL_LEN],
+    }
+
     /// Test blob: compute `arg * 3 + 1` and return it through the call frame.
     pub const TEST_COMPUTE: u32 = 1;
     /// Test blob: execute `ud2` (#UD).
@@ -1024,6 +1044,8 @@ pub mod ioctl {
     pub const INFO: u32 = iowr(5, core::mem::size_of::<InfoRequest>());
     /// ioctl number of [`TestRequest`].
     pub const TEST: u32 = iowr(6, core::mem::size_of::<TestRequest>());
+    /// ioctl number of [`TrustRequest`].
+    pub const TRUST: u32 = iowr(7, core::mem::size_of::<TrustRequest>());
 
     const _: () = assert!(core::mem::size_of::<LoadRequest>() == 256);
     const _: () = assert!(core::mem::size_of::<CallRequest>() == 88);
@@ -1031,6 +1053,7 @@ pub mod ioctl {
     const _: () = assert!(core::mem::size_of::<ListRequest>() == 24);
     const _: () = assert!(core::mem::size_of::<InfoRequest>() == 80);
     const _: () = assert!(core::mem::size_of::<TestRequest>() == 48);
+    const _: () = assert!(core::mem::size_of::<TrustRequest>() == 184);
     const _: () = assert!(core::mem::size_of::<AgentInfo>() == AGENT_INFO_SIZE);
 
     /// Copy a string into a NUL-terminated fixed buffer (truncating).

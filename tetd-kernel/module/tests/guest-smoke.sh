@@ -40,6 +40,11 @@ for ex in echo sha256 faulty; do
     ./target/debug/tetd-pack build -q "examples/$ex" -o "$WORK/$ex.tetd"
 done
 printf 'this is not a TETD image, just 48 bytes of text.' > "$WORK/bad.tetd"
+# sha256 goes in signed: refused until its key is on the module's allow-list
+./target/debug/tetd-pack keygen -o "$WORK/smoke.pk8" --force >/dev/null
+./target/debug/tetd-pack sign "$WORK/sha256.tetd" --key "$WORK/smoke.pk8" >/dev/null
+cp "$WORK/smoke.pub" "$WORK/allow.list"
+printf 'ed25519:not-hex\n' > "$WORK/bad.list"
 
 cat > "$WORK/run.sh" <<'EOF'
 #!/bin/sh
@@ -55,7 +60,10 @@ contains() { # name, text, needle
 insmod /tetd/tetdg.ko test_ioctl=1 transport=loopback && pass insmod || { fail insmod "rc $?"; exit 1; }
 contains proc-module "$(cat /proc/tetdg_info)" "module: transport loopback"
 contains load-echo "$($T load /tetd/echo.tetd 2>&1)" "1 agent(s): 1"
-contains load-sha256 "$($T load /tetd/sha256.tetd 2>&1)" "1 agent(s): 2"
+contains signed-untrusted "$($T load /tetd/sha256.tetd 2>&1)" "(E111)"
+contains trust-bad "$($T trust /tetd/bad.list 2>&1)" "line 1"
+contains trust "$($T trust /tetd/allow.list 2>&1)" "trusting 1 signer key(s)"
+contains load-sha256-signed "$($T load /tetd/sha256.tetd 2>&1)" "1 agent(s): 2"
 contains load-faulty "$($T load /tetd/faulty.tetd 2>&1)" "5 agent(s): 20 21 22 23 24"
 out=$($T load /tetd/bad.tetd 2>&1); rc=$?
 check bad-image-rc "$rc" 1
@@ -103,7 +111,9 @@ EOF
     --file "$WORK/echo.tetd:/tetd/echo.tetd" \
     --file "$WORK/sha256.tetd:/tetd/sha256.tetd" \
     --file "$WORK/faulty.tetd:/tetd/faulty.tetd" \
-    --file "$WORK/bad.tetd:/tetd/bad.tetd" >/dev/null
+    --file "$WORK/bad.tetd:/tetd/bad.tetd" \
+    --file "$WORK/allow.list:/tetd/allow.list" \
+    --file "$WORK/bad.list:/tetd/bad.list" >/dev/null
 
 echo "guest-smoke: booting Linux $KVER under QEMU (TCG), 2 vCPUs" >&2
 timeout 600 qemu-system-x86_64 -machine q35 -cpu max -m 512 -smp 2 -nographic -no-reboot \
@@ -114,7 +124,7 @@ tr -d '\r' < "$WORK/console.log" > "$WORK/console.txt"
 passed=$(grep -c '^CHECK-PASS ' "$WORK/console.txt" || true)
 failed=$(grep -c '^CHECK-FAIL ' "$WORK/console.txt" || true)
 grep '^CHECK-' "$WORK/console.txt" || true
-expected=37 # checks in run.sh above (one CHECK line each)
+expected=40 # checks in run.sh above (one CHECK line each)
 if [ "$((passed + failed))" -ne "$expected" ]; then
     echo "guest-smoke: only $((passed + failed)) of $expected checks reported (console: $WORK/console.txt)" >&2
     failed=$((failed + expected - passed - failed))

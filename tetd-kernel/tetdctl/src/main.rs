@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::json;
 use tetd::abi::ioctl::{
-    self as io, CallRequest, InfoRequest, ListRequest, LoadRequest, TestRequest, UnloadRequest,
+    self as io, CallRequest, InfoRequest, ListRequest, LoadRequest, TestRequest, TrustRequest,
+    UnloadRequest,
 };
 use tetd::abi::{decode_name, AgentInfo, Error, Mode, SIM_EXIT_PORT};
 
@@ -112,6 +113,12 @@ enum Cmd {
         /// JSON output.
         #[arg(long)]
         json: bool,
+    },
+    /// Replace the module's signer allow-list (format: docs/signing.md;
+    /// an empty file trusts nobody).
+    Trust {
+        /// The allow-list file.
+        allow_list: PathBuf,
     },
     /// Unload the image that holds agent ID (and all its agents).
     Unload {
@@ -468,6 +475,28 @@ fn run(cli: Cli) -> Result<(), Fail> {
                     );
                 }
             }
+            Ok(())
+        }
+        Cmd::Trust { allow_list } => {
+            let dev = Dev::open(&cli.device)?;
+            let text = std::fs::read(&allow_list)
+                .map_err(|e| os_fail(&allow_list.display().to_string(), e))?;
+            let mut req = TrustRequest {
+                list: text.as_ptr() as u64,
+                list_len: text.len() as u64,
+                status: 0,
+                keys: 0,
+                detail: [0; io::DETAIL_LEN],
+            };
+            dev.ioctl(io::TRUST, &mut req)?;
+            if req.status != 0 {
+                return Err(tetd_fail(
+                    &format!("trust {}", allow_list.display()),
+                    req.status,
+                    io::detail_str(&req.detail),
+                ));
+            }
+            println!("trusting {} signer key(s)", req.keys);
             Ok(())
         }
         Cmd::Unload { id } => {

@@ -4,7 +4,8 @@
 use core::fmt::Write;
 
 use tetd::abi::ioctl::{
-    self, CallRequest, InfoRequest, ListRequest, LoadRequest, TestRequest, UnloadRequest,
+    self, CallRequest, InfoRequest, ListRequest, LoadRequest, TestRequest, TrustRequest,
+    UnloadRequest,
 };
 use tetd::abi::{AgentInfo, Error, Mode, ABI_VERSION};
 use tetd::verify::{AllowList, Policy};
@@ -50,6 +51,7 @@ pub fn dispatch(cmd: u32, arg: u64) -> i64 {
         ioctl::CALL => handle::<CallRequest>(arg, call),
         ioctl::UNLOAD => handle::<UnloadRequest>(arg, unload),
         ioctl::LIST => handle::<ListRequest>(arg, list),
+        ioctl::TRUST => handle::<TrustRequest>(arg, trust),
         ioctl::TEST => handle::<TestRequest>(arg, |r| {
             if state::stats().test_enabled {
                 crate::test::run(r)
@@ -84,7 +86,11 @@ fn load(r: &mut LoadRequest) {
         return;
     }
     let require = state::stats().require_signed || r.flags & ioctl::LOAD_FLAG_REQUIRE_SIGNED != 0;
-    let list = AllowList::empty();
+    // The allow-list was validated by TRUST; parse it again (no allocation).
+    let list = match TRUSTED.get_ref() {
+        Some(b) => AllowList::parse_bytes(b.as_slice()).unwrap_or(AllowList::empty()),
+        None => AllowList::empty(),
+    };
     let policy = if require {
         Policy::require_signed(list)
     } else {
@@ -120,6 +126,58 @@ fn load(r: &mut LoadRequest) {
             kapi::log(Level::Warn, m.as_str());
         }
     }
+}
+
+/// The signer allow-list text set by TRUST.
+static TRUSTED: Shared<Option<KBuf>> = Shared::new(None);
+
+impl Shared<Option<KBuf>> {
+    fn get_ref(&self) -> Option<&KBuf> {
+        // SAFETY: module mutex held (see registry()).
+        unsafe { (*self.get()).as_ref() }
+    }
+}
+
+fn trust(r: &mut TrustRequest) {
+    r.keys = 0;
+    r.detail = [0; ioctl::DETAIL_LEN];
+    if r.list_len > ioctl::MAX_ALLOWLIST_SIZE {
+        r.status = Error::TooLarge as u32;
+        ioctl::set_detail(&mut r.detail, "allow-list larger than 64 KiB");
+        return;
+    }
+    let Some(mut buf) = KBuf::zeroed(r.list_len as usize) else {
+        r.status = Error::NoMemory as u32;
+        return;
+    };
+    if r.list_len > 0 && kapi::copy_from_user(buf.as_mut_slice(), r.list).is_err() {
+        r.status = Error::BadRequest as u32;
+        ioctl::set_detail(&mut r.detail, "allow-list buffer not readable");
+        return;
+    }
+    match AllowList::parse_bytes(buf.as_slice()) {
+        Ok(list) => {
+            r.keys = list.len() as u32;
+            r.status = 0;
+            let mut l = Line::new();
+            let _ = write!(l, "signer allow-list replaced: {} key(s)", r.keys);
+            kapi::log(Level::Info, l.as_str());
+            // SAFETY: module mutex held; the old list (if any) is dropped here.
+            unsafe { *TRUSTED.get() = Some(buf) };
+        }
+        Err(e) => {
+            r.status = Error::BadRequest as u32;
+            let mut l = Line::new();
+            let _ = write!(l, "{e}");
+            ioctl::set_detail(&mut r.detail, l.as_str());
+        }
+    }
+}
+
+/// Drop the allow-list (module exit).
+pub fn clear_trust() {
+    // SAFETY: module mutex held.
+    unsafe { *TRUSTED.get() = None };
 }
 
 fn call(r: &mut CallRequest) {

@@ -87,6 +87,7 @@ mod entry {
     #[no_mangle]
     pub extern "C" fn tetdg_rs_exit() {
         crate::ioctl::registry().unload_all();
+        crate::ioctl::clear_trust();
     }
 
     /// ioctl on /dev/tetdg.
