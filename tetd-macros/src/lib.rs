@@ -145,12 +145,14 @@ impl Parse for Options {
                     o.mode = Some(match m.as_str() {
                         "exclusive" => Mode::Exclusive,
                         "collaborative" => Mode::Collaborative,
-                        other => return Err(Error::new(
-                            span,
-                            format!(
+                        other => {
+                            return Err(Error::new(
+                                span,
+                                format!(
                                 "unknown mode `{other}`: expected `exclusive` or `collaborative`"
                             ),
-                        )),
+                            ))
+                        }
                     });
                 }
                 "admin" | "encrypted" => {
