@@ -1,15 +1,21 @@
 //! Exclusive mode of the TEST path: the agent runs as kernel code (the
-//! zone mapped RX/RW in the kernel's own page tables) on its zone stack,
-//! with preemption disabled and the FPU state saved; services are Rust
-//! functions of the module.
+//! zone mapped RX/RW in the kernel's own page tables) on its zone stack
+//! through the loader core's gate (`tetd_kernel::arch`), with preemption
+//! disabled and the FPU state saved; services are Rust functions of the
+//! module. Also the agent log printer shared by both modes.
 use core::ffi::c_void;
 use core::fmt::Write;
 
 use tetd::abi::{Error, Services, ABI_VERSION};
 
+use tetd_kernel::arch::{self, EnterResult, JmpBuf};
+
 use crate::kapi::{self, Level};
 use crate::state;
-use crate::tramp;
+use crate::tramp::{kind, Shared};
+
+/// Jump buffer of the exclusive TEST call in progress (module mutex held).
+static TEST_JB: Shared<JmpBuf> = Shared::new(JmpBuf::new());
 
 /// Log line buffer (no allocation).
 pub struct Line {
@@ -81,9 +87,10 @@ unsafe extern "C" fn svc_time(_ctx: *mut c_void) -> u64 {
 }
 
 unsafe extern "C" fn svc_abort(_ctx: *mut c_void, code: u32) -> ! {
-    // SAFETY: only reachable from inside tetdg_excl_enter (the services table
-    // exists only for the duration of an exclusive call).
-    unsafe { tramp::tetdg_excl_abort(code) }
+    // SAFETY: only reachable from inside run() below (the services table
+    // exists only for the duration of an exclusive TEST call), so TEST_JB
+    // holds that call's saved state.
+    unsafe { arch::abort(TEST_JB.get(), code) }
 }
 
 unsafe extern "C" fn svc_register(
@@ -130,6 +137,10 @@ pub fn services() -> Services {
 /// frame, `stack_top` the 16-byte aligned top of a writable stack; the FPU
 /// is claimed (kernel_fpu_begin) and preemption is disabled by the caller.
 pub unsafe fn run(entry: u64, frame: u64, stack_top: u64) -> u64 {
-    // SAFETY: forwarded contract.
-    unsafe { tramp::tetdg_excl_enter(entry, frame, stack_top) }
+    // SAFETY: forwarded contract; TEST_JB is only used by this call (module
+    // mutex held) and by svc_abort during it.
+    match unsafe { arch::enter(entry, frame, stack_top, TEST_JB.get()) } {
+        EnterResult::Returned(c) => (kind::RETURNED << 32) | c as u64,
+        EnterResult::Aborted(c) => (kind::ABORT << 32) | c as u64,
+    }
 }

@@ -1,9 +1,6 @@
 //! The call trampolines (assembly) and the state they share.
 //!
-//! *Exclusive mode* (`tetdg_excl_enter`): save the callee-saved registers and
-//! the kernel stack pointer, switch to the agent's zone stack, call the entry.
-//! The `abort` service (`tetdg_excl_abort`) unwinds straight back to the call
-//! boundary (a setjmp/longjmp of callee-saved registers + RSP).
+//! (Exclusive mode uses the loader core's gate, `tetd_kernel::arch`.)
 //!
 //! *Collaborative mode* (`tetdg_collab_enter`): code in its own page-aligned
 //! section `.text.tetdg_tramp`, which the agent's page table maps at the
@@ -183,8 +180,6 @@ pub static RW: Shared<TrampRw> = Shared::new(TrampRw {
 });
 /// Fake TSS page (RO for the agent).
 pub static FAKE_TSS: Shared<FakeTss> = Shared::new(FakeTss([0; 4096]));
-/// Kernel RSP of an exclusive call (for abort).
-pub static EXCL_RSP: Shared<u64> = Shared::new(0);
 
 /// Agent-side context of the collaborative services (lives in the agent's
 /// I/O area; `Services::ctx` points at it).
@@ -215,45 +210,6 @@ pub mod kind {
 }
 
 core::arch::global_asm!(
-    // ---------------- exclusive mode (ordinary kernel text) ----------------
-    ".pushsection .text.tetdg_excl,\"ax\",@progbits",
-    ".globl tetdg_excl_enter",
-    ".type tetdg_excl_enter,@function",
-    // u64 tetdg_excl_enter(entry: rdi, frame: rsi, stack_top: rdx)
-    "tetdg_excl_enter:",
-    "    push %rbx",
-    "    push %rbp",
-    "    push %r12",
-    "    push %r13",
-    "    push %r14",
-    "    push %r15",
-    "    mov %rsp, {excl_rsp}(%rip)",
-    "    mov %rdi, %rax",
-    "    mov %rsi, %rdi",
-    "    mov %rdx, %rsp",
-    "    call *%rax",
-    "    mov %eax, %eax",
-    "2:",
-    "    mov {excl_rsp}(%rip), %rsp",
-    "    pop %r15",
-    "    pop %r14",
-    "    pop %r13",
-    "    pop %r12",
-    "    pop %rbp",
-    "    pop %rbx",
-    "    ret",
-    ".size tetdg_excl_enter, .-tetdg_excl_enter",
-    // noreturn tetdg_excl_abort(code: edi)
-    ".globl tetdg_excl_abort",
-    ".type tetdg_excl_abort,@function",
-    "tetdg_excl_abort:",
-    "    mov %edi, %eax",
-    "    mov ${k_abort}, %ecx",
-    "    shl $32, %rcx",
-    "    or %rcx, %rax",
-    "    jmp 2b",
-    ".size tetdg_excl_abort, .-tetdg_excl_abort",
-    ".popsection",
     // ---------------- collaborative mode (own pages) ----------------
     ".pushsection .text.tetdg_tramp,\"ax\",@progbits",
     ".balign 4096",
@@ -447,7 +403,6 @@ core::arch::global_asm!(
     ".globl tetdg_tramp_end",
     "tetdg_tramp_end:",
     ".popsection",
-    excl_rsp = sym EXCL_RSP,
     data = sym DATA,
     rw = sym RW,
     rw_nmi = const offset_of!(TrampRw, nmi_count),
@@ -480,10 +435,6 @@ core::arch::global_asm!(
 );
 
 extern "C" {
-    /// Exclusive call: returns `kind << 32 | status`.
-    pub fn tetdg_excl_enter(entry: u64, frame: u64, stack_top: u64) -> u64;
-    /// Unwind an exclusive call with `ABORT | code`.
-    pub fn tetdg_excl_abort(code: u32) -> !;
     /// Collaborative call (state in [`DATA`]): returns `kind << 32 | status`.
     pub fn tetdg_collab_enter() -> u64;
     /// First byte of the trampoline pages (exception stub 0).
