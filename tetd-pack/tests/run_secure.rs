@@ -327,3 +327,48 @@ fn sessions_are_bound_to_their_agent_and_plain_agents_are_unaffected() {
     assert_eq!(s.open(&ra).unwrap(), b"x");
     let _ = w.transport.finish();
 }
+
+#[test]
+fn encrypted_agent_code_uses_no_vector_registers() {
+    // The agent target is soft-float kernel context: the crypto crates must
+    // run their portable back ends (tetd-pack passes aes_force_soft /
+    // polyval_force_soft). Disassemble every executable segment.
+    use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+    let bytes = std::fs::read(secure()).unwrap();
+    let img = tetd::image::Image::parse(&bytes).unwrap();
+    let (mut n, mut cpuid, mut rdrand) = (0usize, 0usize, 0usize);
+    for seg in img.segments() {
+        if seg.perms & tetd::image::PERM_X == 0 {
+            continue;
+        }
+        let code = img.segment_data(&seg);
+        let mut d = Decoder::with_ip(64, code, seg.vaddr, DecoderOptions::NONE);
+        let mut ins = Instruction::default();
+        while d.can_decode() {
+            d.decode_out(&mut ins);
+            n += 1;
+            match ins.mnemonic() {
+                Mnemonic::Cpuid => cpuid += 1,
+                Mnemonic::Rdrand => rdrand += 1,
+                Mnemonic::Aesenc | Mnemonic::Aesenclast | Mnemonic::Pclmulqdq => {
+                    panic!("AES-NI/CLMUL at {:#x}: {:?}", ins.ip(), ins.mnemonic())
+                }
+                _ => {}
+            }
+            for i in 0..ins.op_count() {
+                if ins.op_kind(i) == OpKind::Register {
+                    let r: Register = ins.op_register(i);
+                    assert!(
+                        !(r.is_xmm() || r.is_ymm() || r.is_zmm()),
+                        "vector register {r:?} at {:#x} ({:?})",
+                        ins.ip(),
+                        ins.mnemonic()
+                    );
+                }
+            }
+        }
+    }
+    assert!(n > 1000, "decoded {n} instructions");
+    assert_eq!(cpuid, 1, "only the RDRAND feature check");
+    assert!(rdrand >= 1);
+}
