@@ -50,6 +50,329 @@ pub const ZONE_GPA_BASE: u64 = 0x1_0000_0000;
 /// Size of the secret-zone window (256 MiB).
 pub const ZONE_GPA_SIZE: u64 = 0x1000_0000;
 
+/// The "uart" hypercall transport, for hosts that run the guest under QEMU
+/// with software emulation (TCG), where no I/O port exit carries register
+/// state to the host.
+///
+/// The guest sends the `TDG.VP.VMCALL` registers of [`regs`] as one byte
+/// frame ([`Request`], [`REQUEST_LEN`] bytes) through a dedicated 16550 UART
+/// at [`uart::IO_BASE`](IO_BASE) (a port Linux' 8250 driver never probes)
+/// and reads the answer ([`Response`], [`RESPONSE_LEN`] bytes) back from it,
+/// polling the line status register with interrupts off:
+///
+/// * set-up, once: `IER = 0` (no interrupts), `LCR = 0x03` (8N1, DLAB off),
+///   `FCR = 0x07` (FIFOs on and cleared), `MCR = 0x03` (DTR, RTS; loopback
+///   off); then drain stale input (read `RBR` while `LSR & LSR_DR`);
+/// * send: for each byte, wait for `LSR & LSR_THRE`, write `THR`;
+/// * receive: for each byte, wait for `LSR & LSR_DR`, read `RBR`.
+///
+/// Only one frame may be in flight: the guest serialises its hypercalls
+/// (one lock around send + receive, on every vCPU) and the host answers
+/// each request before it reads the next. `vcpu` in the request is the
+/// guest's own claim (the CPU that holds the lock, with preemption off); the
+/// host cannot check it on this transport, unlike the port transport.
+///
+/// Frames are little endian and end with a Fletcher-16 [`checksum`] of the
+/// bytes before it. A response echoes the request's `seq`, so a guest can
+/// tell a stale answer from the one it waits for. Frame layout:
+///
+/// | request byte | field | response byte | field |
+/// |---|---|---|---|
+/// | 0..2 | [`REQUEST_MAGIC`] | 0..2 | [`RESPONSE_MAGIC`] |
+/// | 2..4 | seq (u16) | 2..4 | seq (u16, echoed) |
+/// | 4..8 | vcpu (u32) | 4..36 | R10..R13 (4 × u64) |
+/// | 8..56 | R10..R15 (6 × u64) | 36..38 | checksum (u16) |
+/// | 56..58 | checksum (u16) | | |
+pub mod uart {
+    use super::regs::{HypercallArgs, HypercallRet};
+    use super::TETD_VMCALL_VENDOR;
+
+    /// I/O base of the hypercall UART (8 ports, `0x0e48..=0x0e4f`; next to
+    /// [`super::SIM_HYPERCALL_PORT`] and [`super::SIM_EXIT_PORT`], not a
+    /// legacy COM port).
+    pub const IO_BASE: u16 = 0x0e48;
+    /// Register offsets from [`IO_BASE`] (16550).
+    pub const REG_DATA: u16 = 0; // RBR (read) / THR (write)
+    /// Interrupt enable register.
+    pub const REG_IER: u16 = 1;
+    /// FIFO control register (write).
+    pub const REG_FCR: u16 = 2;
+    /// Line control register.
+    pub const REG_LCR: u16 = 3;
+    /// Modem control register.
+    pub const REG_MCR: u16 = 4;
+    /// Line status register.
+    pub const REG_LSR: u16 = 5;
+    /// LSR: a received byte is waiting in RBR.
+    pub const LSR_DR: u8 = 0x01;
+    /// LSR: THR can take a byte.
+    pub const LSR_THRE: u8 = 0x20;
+
+    /// First two bytes of a request ("TH": TETD hypercall).
+    pub const REQUEST_MAGIC: [u8; 2] = *b"TH";
+    /// First two bytes of a response ("TA": TETD answer).
+    pub const RESPONSE_MAGIC: [u8; 2] = *b"TA";
+    /// Bytes in a request frame.
+    pub const REQUEST_LEN: usize = 58;
+    /// Bytes in a response frame.
+    pub const RESPONSE_LEN: usize = 38;
+
+    /// A hypercall as the guest sends it.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct Request {
+        /// Sequence number chosen by the guest (echoed in the response).
+        pub seq: u16,
+        /// The vCPU the guest says it runs on.
+        pub vcpu: u32,
+        /// R10..R15 (R10 must be [`TETD_VMCALL_VENDOR`]).
+        pub regs: [u64; 6],
+    }
+
+    impl Request {
+        /// A TETD hypercall (R10 = [`TETD_VMCALL_VENDOR`]).
+        pub const fn new(seq: u16, vcpu: u32, call: HypercallArgs) -> Request {
+            let a = call.args;
+            Request {
+                seq,
+                vcpu,
+                regs: [TETD_VMCALL_VENDOR, call.leaf, a[0], a[1], a[2], a[3]],
+            }
+        }
+
+        /// The call, or `None` if R10 is not [`TETD_VMCALL_VENDOR`] (the
+        /// host answers `InvalidArgument` without calling TETD-H, as the
+        /// port transport does).
+        pub const fn args(&self) -> Option<HypercallArgs> {
+            if self.regs[0] != TETD_VMCALL_VENDOR {
+                return None;
+            }
+            let r = &self.regs;
+            Some(HypercallArgs {
+                leaf: r[1],
+                args: [r[2], r[3], r[4], r[5]],
+            })
+        }
+
+        /// The frame.
+        pub fn encode(&self) -> [u8; REQUEST_LEN] {
+            let mut f = [0u8; REQUEST_LEN];
+            f[0..2].copy_from_slice(&REQUEST_MAGIC);
+            f[2..4].copy_from_slice(&self.seq.to_le_bytes());
+            f[4..8].copy_from_slice(&self.vcpu.to_le_bytes());
+            for (i, r) in self.regs.iter().enumerate() {
+                f[8 + 8 * i..16 + 8 * i].copy_from_slice(&r.to_le_bytes());
+            }
+            let c = checksum(&f[..REQUEST_LEN - 2]);
+            f[REQUEST_LEN - 2..].copy_from_slice(&c.to_le_bytes());
+            f
+        }
+
+        /// Parses a frame.
+        pub fn decode(f: &[u8; REQUEST_LEN]) -> Result<Request, FrameError> {
+            if f[0..2] != REQUEST_MAGIC {
+                return Err(FrameError::BadMagic);
+            }
+            check(f)?;
+            let mut regs = [0u64; 6];
+            for (i, r) in regs.iter_mut().enumerate() {
+                *r = u64_at(f, 8 + 8 * i);
+            }
+            Ok(Request {
+                seq: u16::from_le_bytes([f[2], f[3]]),
+                vcpu: u32::from_le_bytes([f[4], f[5], f[6], f[7]]),
+                regs,
+            })
+        }
+    }
+
+    /// The host's answer.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct Response {
+        /// The request's sequence number.
+        pub seq: u16,
+        /// R10 (status) and R11..R13 (results).
+        pub regs: [u64; 4],
+    }
+
+    impl Response {
+        /// The answer to request `seq`.
+        pub const fn new(seq: u16, ret: HypercallRet) -> Response {
+            let r = ret.results;
+            Response {
+                seq,
+                regs: [ret.status, r[0], r[1], r[2]],
+            }
+        }
+
+        /// The answer as the port transport would leave it in R10..R13.
+        pub const fn ret(&self) -> HypercallRet {
+            HypercallRet {
+                status: self.regs[0],
+                results: [self.regs[1], self.regs[2], self.regs[3]],
+            }
+        }
+
+        /// The frame.
+        pub fn encode(&self) -> [u8; RESPONSE_LEN] {
+            let mut f = [0u8; RESPONSE_LEN];
+            f[0..2].copy_from_slice(&RESPONSE_MAGIC);
+            f[2..4].copy_from_slice(&self.seq.to_le_bytes());
+            for (i, r) in self.regs.iter().enumerate() {
+                f[4 + 8 * i..12 + 8 * i].copy_from_slice(&r.to_le_bytes());
+            }
+            let c = checksum(&f[..RESPONSE_LEN - 2]);
+            f[RESPONSE_LEN - 2..].copy_from_slice(&c.to_le_bytes());
+            f
+        }
+
+        /// Parses a frame.
+        pub fn decode(f: &[u8; RESPONSE_LEN]) -> Result<Response, FrameError> {
+            if f[0..2] != RESPONSE_MAGIC {
+                return Err(FrameError::BadMagic);
+            }
+            check(f)?;
+            let mut regs = [0u64; 4];
+            for (i, r) in regs.iter_mut().enumerate() {
+                *r = u64_at(f, 4 + 8 * i);
+            }
+            Ok(Response {
+                seq: u16::from_le_bytes([f[2], f[3]]),
+                regs,
+            })
+        }
+    }
+
+    /// Why a frame was refused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum FrameError {
+        /// The first two bytes are not the magic of this frame type.
+        BadMagic,
+        /// The checksum field does not match the bytes before it.
+        BadChecksum {
+            /// Checksum of the received bytes.
+            computed: u16,
+            /// The frame's checksum field.
+            received: u16,
+        },
+    }
+
+    impl core::fmt::Display for FrameError {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            match self {
+                FrameError::BadMagic => f.write_str("bad frame magic"),
+                FrameError::BadChecksum { computed, received } => write!(
+                    f,
+                    "frame checksum {received:#06x}, bytes sum to {computed:#06x}"
+                ),
+            }
+        }
+    }
+
+    /// Fletcher-16 (modulo 255) of `data`: low byte = sum of the bytes,
+    /// high byte = sum of the running sums.
+    pub const fn checksum(data: &[u8]) -> u16 {
+        let (mut s1, mut s2) = (0u16, 0u16);
+        let mut i = 0;
+        while i < data.len() {
+            s1 = (s1 + data[i] as u16) % 255;
+            s2 = (s2 + s1) % 255;
+            i += 1;
+        }
+        (s2 << 8) | s1
+    }
+
+    fn check(f: &[u8]) -> Result<(), FrameError> {
+        let n = f.len();
+        let computed = checksum(&f[..n - 2]);
+        let received = u16::from_le_bytes([f[n - 2], f[n - 1]]);
+        if computed == received {
+            Ok(())
+        } else {
+            Err(FrameError::BadChecksum { computed, received })
+        }
+    }
+
+    fn u64_at(f: &[u8], at: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&f[at..at + 8]);
+        u64::from_le_bytes(b)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn request_round_trip_and_layout() {
+            let call = HypercallArgs {
+                leaf: 8,
+                args: [0x1122_3344_5566_7788, 2, 3, u64::MAX],
+            };
+            let r = Request::new(0xbeef, 3, call);
+            let f = r.encode();
+            assert_eq!(&f[0..2], b"TH");
+            assert_eq!(&f[2..4], &[0xef, 0xbe]);
+            assert_eq!(&f[4..8], &[3, 0, 0, 0]);
+            assert_eq!(&f[8..16], &TETD_VMCALL_VENDOR.to_le_bytes());
+            assert_eq!(&f[16..24], &8u64.to_le_bytes());
+            assert_eq!(&f[24..32], &0x1122_3344_5566_7788u64.to_le_bytes());
+            assert_eq!(&f[48..56], &[0xff; 8]);
+            assert_eq!(Request::decode(&f), Ok(r));
+            assert_eq!(r.args(), Some(call));
+        }
+
+        #[test]
+        fn response_round_trip() {
+            let ret = HypercallRet {
+                status: 0,
+                results: [0x1_0000_0000, 4, 0],
+            };
+            let r = Response::new(7, ret);
+            let f = r.encode();
+            assert_eq!(&f[0..2], b"TA");
+            assert_eq!(Response::decode(&f), Ok(r));
+            assert_eq!(r.ret(), ret);
+        }
+
+        #[test]
+        fn corruption_is_detected() {
+            let f = Request::new(1, 0, HypercallArgs::default()).encode();
+            for i in 2..REQUEST_LEN {
+                let mut g = f;
+                g[i] ^= 0x10;
+                assert!(
+                    matches!(Request::decode(&g), Err(FrameError::BadChecksum { .. })),
+                    "flip in byte {i} not detected"
+                );
+            }
+            let mut g = f;
+            g[0] = b'X';
+            assert_eq!(Request::decode(&g), Err(FrameError::BadMagic));
+            // A request is not a response and vice versa.
+            let resp = Response::new(1, HypercallRet::default()).encode();
+            let mut as_req = [0u8; REQUEST_LEN];
+            as_req[..RESPONSE_LEN].copy_from_slice(&resp);
+            assert_eq!(Request::decode(&as_req), Err(FrameError::BadMagic));
+        }
+
+        #[test]
+        fn wrong_vendor_has_no_args() {
+            let mut r = Request::new(1, 0, HypercallArgs::default());
+            r.regs[0] = 0x1234;
+            assert_eq!(Request::decode(&r.encode()).unwrap().args(), None);
+        }
+
+        #[test]
+        fn fletcher16_reference_values() {
+            // Published test vectors of Fletcher-16.
+            assert_eq!(checksum(b"abcde"), 0xC8F0);
+            assert_eq!(checksum(b"abcdef"), 0x2057);
+            assert_eq!(checksum(b"abcdefgh"), 0x0627);
+            assert_eq!(checksum(b""), 0);
+        }
+    }
+}
+
 /// The runtime measurement register the guest module extends with the
 /// measurement (SHA-384, 48 bytes) of every image it loads, in load order:
 /// `RTMR[3] = SHA-384(RTMR[3] || measurement)` (TDG.MR.RTMR.EXTEND, or the
