@@ -399,3 +399,84 @@ fn missing_descriptor_section_is_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn corrupted_elfs_never_crash_the_packer() {
+    // Flip bytes in the parts of the ELF the packer interprets (headers,
+    // program and section headers, relocations, dynamic table, descriptors):
+    // every run must end with exit status 0 or 1, never a panic or a signal.
+    let orig = echo_elf();
+    let l = layout(&orig);
+    let h = FileHeader64::<LE>::parse(&*orig).unwrap();
+    let e = LE;
+    let shoff = h.e_shoff(e) as usize;
+    let shsize = h.e_shnum(e) as usize * h.e_shentsize(e) as usize;
+    let mut regions = vec![
+        (0usize, 64usize),
+        (l.phoff, l.phdrs.len() * l.phentsize),
+        (shoff, shsize),
+    ];
+    for name in [".rela.dyn", ".dynamic", ".tetd.agents"] {
+        let (_, _, _, off) = l.section(name);
+        let size = l
+            .sections
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, s)| s.sh_size(e) as usize)
+            .unwrap();
+        regions.push((off, size));
+    }
+    // A fixed-seed xorshift: the same mutations on every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut cases = Vec::new();
+    for _ in 0..40 {
+        let mut d = orig.clone();
+        for _ in 0..1 + next() % 3 {
+            let (off, len) = regions[(next() % regions.len() as u64) as usize];
+            let at = off + (next() % len.max(1) as u64) as usize;
+            let v = next();
+            // Mostly bit flips; sometimes 0 / 0xff (lengths, counts, types).
+            d[at] = match v % 4 {
+                0 => 0,
+                1 => 0xff,
+                _ => d[at] ^ (1 << (v >> 8) % 8),
+            };
+        }
+        cases.push(d);
+    }
+    std::thread::scope(|s| {
+        for chunk in cases.chunks(cases.len().div_ceil(4)).enumerate() {
+            s.spawn(move || {
+                let (c, chunk) = chunk;
+                for (i, d) in chunk.iter().enumerate() {
+                    let path = scratch().join(format!("fuzz-{c}-{i}.elf"));
+                    std::fs::write(&path, d).unwrap();
+                    let out = scratch().join(format!("fuzz-{c}-{i}.tetd"));
+                    let o = build(
+                        &root().join("examples/echo"),
+                        &out,
+                        &["-q", "--elf", path.to_str().unwrap()],
+                    );
+                    assert!(
+                        o.code == 0 || o.code == 1,
+                        "mutation {c}-{i}: exit {} (crash?)\n{}",
+                        o.code,
+                        o.stderr
+                    );
+                    assert!(!o.stderr.contains("panicked"), "{}", o.stderr);
+                    if o.code == 0 {
+                        // Whatever was packed passes the image checks.
+                        let img = std::fs::read(&out).unwrap();
+                        tetd::image::Image::parse(&img).unwrap();
+                    }
+                }
+            });
+        }
+    });
+}

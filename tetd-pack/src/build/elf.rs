@@ -132,10 +132,16 @@ struct Seg {
 
 impl Seg {
     fn contains(&self, addr: u64, len: u64) -> bool {
-        addr >= self.vaddr && addr + len <= self.vaddr + self.mem_size
+        addr >= self.vaddr
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.vaddr + self.mem_size)
     }
     fn file_backed(&self, addr: u64, len: u64) -> bool {
-        addr >= self.vaddr && addr + len <= self.vaddr + self.data.len() as u64
+        addr >= self.vaddr
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.vaddr + self.data.len() as u64)
     }
 }
 
@@ -522,7 +528,7 @@ fn section_names_in(
         .filter(|s| {
             s.sh_flags(e).0 & elf::SHF_ALLOC.0 != 0
                 && s.sh_addr(e) >= vaddr
-                && s.sh_addr(e) < vaddr + memsz
+                && s.sh_addr(e) < vaddr.saturating_add(memsz)
         })
         .map(sec_name)
         .collect();
@@ -614,7 +620,11 @@ fn read_descriptors(
     }
     let mut out: Vec<FoundAgent> = Vec::with_capacity(count);
     for (i, d) in bytes.chunks_exact(DESCRIPTOR_SIZE).enumerate() {
-        let addr = base + (i * DESCRIPTOR_SIZE) as u64;
+        let Some(addr) = base.checked_add((i * DESCRIPTOR_SIZE) as u64) else {
+            return err(format!(
+                "section {DESCRIPTOR_SECTION}: address {base:#x} overflows"
+            ));
+        };
         let symbol = descriptor_symbol(sections, e, data, addr);
         let at = || {
             symbol
@@ -668,7 +678,7 @@ fn read_descriptors(
                 return err(format!("{}: {field} {v} is larger than {MAX_IO}", at()));
             }
         }
-        let slot = addr + DESCRIPTOR_ENTRY_OFFSET as u64;
+        let slot = addr.wrapping_add(DESCRIPTOR_ENTRY_OFFSET as u64);
         let Some(&entry) = relocs.get(&slot) else {
             return err(format!(
                 "{}: the entry pointer at {slot:#x} has no R_X86_64_RELATIVE relocation \
