@@ -76,8 +76,8 @@ pub mod __private {
     macro_rules! __tetd_require_session {
         () => {
             ::core::compile_error!(
-                "`#[tetd::agent(encrypted)]` needs the tetd-sdk feature `session` \
-                 (enabled by `agent`): tetd-sdk = { ..., features = [\"agent\"] }"
+                "`#[tetd::agent(encrypted)]` and `tetd::entry!(.., encrypted)` need the \
+                 tetd-sdk feature `session`: tetd-sdk = { ..., features = [\"agent\", \"session\"] }"
             );
         };
     }

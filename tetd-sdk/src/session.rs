@@ -26,8 +26,8 @@
 //!
 //! This module has no dependencies and is always compiled (the host client
 //! in `tetd-kvm` uses it); the agent side — key agreement, AES-GCM, the
-//! session table and the dispatch wrapper — needs the `session` feature
-//! (enabled by `agent`).
+//! session table and the dispatch wrapper — needs the `session` feature,
+//! which encrypted agents enable next to `agent`.
 
 use crate::image::MEASUREMENT_LEN;
 
