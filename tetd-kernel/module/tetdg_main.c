@@ -450,40 +450,9 @@ static void tetdg_hc_port(struct tetdg_hc *h)
 }
 
 /*
- * TDX transport: TDCALL leaf 0 = TDG.VP.VMCALL. RCX is the bitmap of the
- * registers exposed to the VMM (R10..R15: bits 10..15 = 0xfc00), as Linux'
- * __tdx_hypercall does (arch/x86/coco/tdx/tdcall.S). RAX returns the TDCALL
- * completion status (non-zero only if the TDX module rejected the call),
- * R10 the VMM's status. Compiled for every build; executes only in a TD.
- * Untested: this machine has no TDX.
- */
-static u64 tetdg_hc_tdcall(struct tetdg_hc *h)
-{
-	register u64 r10 asm("r10") = h->r10;
-	register u64 r11 asm("r11") = h->r11;
-	register u64 r12 asm("r12") = h->r12;
-	register u64 r13 asm("r13") = h->r13;
-	register u64 r14 asm("r14") = h->r14;
-	register u64 r15 asm("r15") = h->r15;
-	u64 rax = 0; /* TDG.VP.VMCALL */
-	u64 rcx = 0xfc00;
-
-	asm volatile(".byte 0x66,0x0f,0x01,0xcc" /* tdcall */
-		     : "+a"(rax), "+c"(rcx), "+r"(r10), "+r"(r11), "+r"(r12),
-		       "+r"(r13), "+r"(r14), "+r"(r15)
-		     :
-		     : "rdx", "r8", "r9", "memory");
-	h->r10 = r10;
-	h->r11 = r11;
-	h->r12 = r12;
-	h->r13 = r13;
-	h->r14 = r14;
-	h->r15 = r15;
-	return rax;
-}
-
-/*
- * One hypercall. in[0] = vendor (R10), in[1] = leaf, in[2..6] = args;
+ * One hypercall (port I/O or loopback; TDCALL is done in Rust with
+ * tetd::tdcall, which also marshals TDG.MEM.PAGE.ACCEPT and
+ * TDG.MR.RTMR.EXTEND). in[0] = vendor (R10), in[1] = leaf, in[2..6] = args;
  * out[0] = status (R10), out[1..4] = results (R11..R13). Returns 0, or
  * non-zero if the transport itself failed (TDCALL completion status).
  */
@@ -500,32 +469,13 @@ u64 tetdg_k_hypercall(const u64 *in, u64 *out)
 		return 0;
 	}
 	if (tetdg_transport == TRANSPORT_TDCALL)
-		ret = tetdg_hc_tdcall(&h);
-	else
-		tetdg_hc_port(&h);
+		return ~0ULL; /* the TDCALL transport is in Rust (tetd::tdcall) */
+	tetdg_hc_port(&h);
 	out[0] = h.r10;
 	out[1] = h.r11;
 	out[2] = h.r12;
 	out[3] = h.r13;
 	return ret;
-}
-
-/*
- * TDG.MEM.PAGE.ACCEPT (TDCALL leaf 6) of one 4 KiB page: RCX = GPA | level
- * (0 = 4 KiB). Needed when AGENT_ACCESS reports ZONE_FLAG_ACCEPT_REQUIRED
- * (real TDX host). Untested: this machine has no TDX.
- */
-u64 tetdg_k_tdx_accept(u64 gpa)
-{
-	u64 rax = 6, rcx = gpa & PAGE_MASK;
-
-	if (tetdg_transport != TRANSPORT_TDCALL)
-		return ~0ULL;
-	asm volatile(".byte 0x66,0x0f,0x01,0xcc" /* tdcall */
-		     : "+a"(rax), "+c"(rcx)
-		     :
-		     : "rdx", "r8", "r9", "r10", "r11", "memory");
-	return rax;
 }
 
 /* A TD: the kernel says so, or CPUID leaf 0x21 reads "IntelTDX    ". */

@@ -46,6 +46,11 @@ printf 'this is not a TETD image, just 48 bytes of text.' > "$WORK/bad.tetd"
 cp "$WORK/smoke.pub" "$WORK/allow.list"
 printf 'ed25519:not-hex\n' > "$WORK/bad.list"
 
+# RTMR3 after loading echo, sha256 (signed), faulty in this order, per tetd-pack
+RTMR=$(./target/debug/tetd-pack measure "$WORK/echo.tetd" "$WORK/sha256.tetd" "$WORK/faulty.tetd" \
+    | awk '$1=="RTMR3"{print $2}')
+[ -n "$RTMR" ] || die "tetd-pack measure printed no RTMR3"
+
 cat > "$WORK/run.sh" <<'EOF'
 #!/bin/sh
 T=/tetd/tetdctl
@@ -88,6 +93,9 @@ contains write-code "$out" "agent faulted (E5): vector 14 error 0x3"
 contains stack-overflow "$($T call 23 --input x --mode collaborative --json 2>&1)" "\"status_name\":\"StackOverflow\""
 check alive-after-faults "$($T call 1 --input 'still alive' --mode collaborative)" "still alive"
 contains proc-fault "$(cat /proc/tetdg_info)" "(stack-guard)"
+out=$($T measurements)
+contains measurement-count "$out" "measurements (RTMR3, load order): 3"
+contains measurement-rtmr "$out" "rtmr3 expected: @RTMR@"
 contains missing-agent "$($T call 99 --input x 2>&1)" "not found (E8)"
 check blob-exclusive "$($T test-blob compute --arg 41)" "result 124"
 check blob-collaborative "$($T test-blob compute --arg 41 --mode collaborative)" "result 124"
@@ -103,6 +111,8 @@ contains info-json "$($T info --json)" "\"agents\":2"
 rmmod tetdg && pass rmmod || fail rmmod "rc $?"
 case "$(dmesg)" in *"BUG:"*|*"Oops"*|*"WARNING:"*) fail dmesg-clean "$(dmesg | grep -E 'BUG:|Oops|WARNING:' | head -3)";; *) pass dmesg-clean;; esac
 EOF
+
+sed -i "s/@RTMR@/$RTMR/" "$WORK/run.sh"
 
 ./target/debug/tetd-vmm initramfs -o "$WORK/initrd.cpio" \
     --file build/module/tetdg.ko:/tetd/tetdg.ko \
@@ -124,7 +134,7 @@ tr -d '\r' < "$WORK/console.log" > "$WORK/console.txt"
 passed=$(grep -c '^CHECK-PASS ' "$WORK/console.txt" || true)
 failed=$(grep -c '^CHECK-FAIL ' "$WORK/console.txt" || true)
 grep '^CHECK-' "$WORK/console.txt" || true
-expected=40 # checks in run.sh above (one CHECK line each)
+expected=42 # checks in run.sh above (one CHECK line each)
 if [ "$((passed + failed))" -ne "$expected" ]; then
     echo "guest-smoke: only $((passed + failed)) of $expected checks reported (console: $WORK/console.txt)" >&2
     failed=$((failed + expected - passed - failed))

@@ -131,6 +131,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the measurement event log (images extended into RTMR3, in load
+    /// order) and the register value the module expects.
+    Measurements,
     /// End the VM with status N (simulated host: writes the exit port).
     Exit {
         /// Exit status (0..=255).
@@ -310,6 +313,18 @@ fn run(cli: Cli) -> Result<(), Fail> {
             Ok(())
         }
         Cmd::Exit { status } => exit_vm(status),
+        Cmd::Measurements => {
+            let text = std::fs::read_to_string(io::PROC_INFO_PATH)
+                .map_err(|e| os_fail(io::PROC_INFO_PATH, e))?;
+            let start = text.find("\nmeasurements (").ok_or_else(|| {
+                Fail(
+                    2,
+                    format!("{}: no measurement log (old module?)", io::PROC_INFO_PATH),
+                )
+            })?;
+            print!("{}", &text[start + 1..]);
+            Ok(())
+        }
         Cmd::Load {
             image,
             require_signed,

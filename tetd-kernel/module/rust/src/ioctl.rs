@@ -101,6 +101,7 @@ fn load(r: &mut LoadRequest) {
     // The core opened the new zone's window in zone_alloc; close it (or any
     // window a failed load left behind).
     reg.platform().close_all();
+    reg.platform().clear_pending();
     match res {
         Ok(image) => {
             r.status = 0;

@@ -25,7 +25,6 @@ extern "C" {
     fn tetdg_k_unmap_zone(va: *mut c_void);
     fn tetdg_k_set_prot(va: *mut c_void, pages: u64, prot: u32) -> i32;
     fn tetdg_k_hypercall(input: *const u64, out: *mut u64) -> u64;
-    fn tetdg_k_tdx_accept(gpa: u64) -> u64;
 }
 
 /// Log levels of [`log`].
@@ -250,8 +249,9 @@ pub fn set_prot(va: *mut u8, pages: u64, prot: u32) -> Result<(), ()> {
     }
 }
 
-/// One hypercall through the module's transport: `(status, results)`, or
-/// `Err` if the transport itself failed.
+/// One hypercall through the C transports (port I/O or loopback):
+/// `(status, results)`, or `Err` if the transport itself failed. The TDCALL
+/// transport is `tetd::tdcall` (see `zone::hypercall`).
 pub fn hypercall(vendor: u64, leaf: u64, args: [u64; 4]) -> Result<(u64, [u64; 3]), u64> {
     let input = [vendor, leaf, args[0], args[1], args[2], args[3]];
     let mut out = [0u64; 4];
@@ -261,15 +261,4 @@ pub fn hypercall(vendor: u64, leaf: u64, args: [u64; 4]) -> Result<(u64, [u64; 3
         return Err(r);
     }
     Ok((out[0], [out[1], out[2], out[3]]))
-}
-
-/// TDG.MEM.PAGE.ACCEPT of one 4 KiB zone page (TDX transport only).
-pub fn tdx_accept(gpa: u64) -> Result<(), u64> {
-    // SAFETY: TDCALL leaf 6 on a GPA the host just added for this guest.
-    let r = unsafe { tetdg_k_tdx_accept(gpa) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(r)
-    }
 }

@@ -17,10 +17,14 @@
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 
-use tetd::abi::{Error, Mode, Services, AGENT_FLAGS_ALL, PAGE_SIZE};
+use tetd::abi::{Error, Leaf, Mode, Services, AGENT_FLAGS_ALL, AGENT_RTMR_INDEX, PAGE_SIZE};
+use tetd::image::MEASUREMENT_LEN;
+use tetd::measure::{self, RtmrValue};
 use tetd_kernel::arch::EnterResult;
 use tetd_kernel::layout::SERVICES_OFFSET;
-use tetd_kernel::{FaultInfo, Platform, Protection, RunOutcome, RunRequest, ZoneMem, ZoneRequest};
+use tetd_kernel::{
+    AgentEvent, FaultInfo, Platform, Protection, RunOutcome, RunRequest, ZoneMem, ZoneRequest,
+};
 
 use crate::collab::{self, AgentSpace, ServicesArea};
 use crate::excl::{print_agent_log, Line};
@@ -28,7 +32,40 @@ use crate::kapi::{self, prot, Fpu, Level};
 use crate::pagetable::Perm;
 use crate::state;
 use crate::tramp::kind;
-use crate::zone::HostZone;
+use crate::tramp::Shared;
+use crate::zone::{self as hz, HostZone};
+
+/// Entries of the measurement event log.
+pub const MAX_EVENTS: usize = 64;
+
+/// One RTMR extension (one successful load).
+#[derive(Clone, Copy)]
+pub struct MeasEvent {
+    /// The image measurement.
+    pub measurement: [u8; MEASUREMENT_LEN],
+    /// Package name (NUL padded).
+    pub package: [u8; 32],
+    /// First agent id of the image.
+    pub first_id: u32,
+    /// Whether the register was really extended (false on the loopback transport).
+    pub extended: bool,
+}
+
+/// The measurement event log, in load order, and the value RTMR3 should
+/// have (`tetd::measure::replay` of the log, assuming it started at zero).
+pub struct MeasLog {
+    /// Events.
+    pub events: [MeasEvent; MAX_EVENTS],
+    /// Events recorded (may exceed MAX_EVENTS; later ones only in `rtmr`).
+    pub count: usize,
+    /// Expected register value.
+    pub rtmr: RtmrValue,
+}
+
+/// The extension data handed to the host / TDX module: 64-byte aligned.
+#[repr(C, align(64))]
+struct ExtendBuf([u8; 64]);
+static EXTEND_BUF: Shared<ExtendBuf> = Shared::new(ExtendBuf([0; 64]));
 
 /// Zones (= loaded images) at most; matches the registry's image table.
 pub const MAX_ZONES: usize = 16;
@@ -65,6 +102,10 @@ impl Slot {
 /// The kernel platform (one instance, inside the registry static).
 pub struct KPlatform {
     slots: UnsafeCell<[Slot; MAX_ZONES]>,
+    /// Measurement and package of the image being loaded (set by
+    /// zone_alloc, consumed by its first Registered event).
+    pending: UnsafeCell<Option<([u8; MEASUREMENT_LEN], [u8; 32])>>,
+    log: UnsafeCell<MeasLog>,
 }
 
 // SAFETY: every use happens with the module mutex held (single-threaded).
@@ -75,7 +116,72 @@ impl KPlatform {
     pub const fn new() -> Self {
         KPlatform {
             slots: UnsafeCell::new([Slot::EMPTY; MAX_ZONES]),
+            pending: UnsafeCell::new(None),
+            log: UnsafeCell::new(MeasLog {
+                events: [MeasEvent {
+                    measurement: [0; MEASUREMENT_LEN],
+                    package: [0; 32],
+                    first_id: 0,
+                    extended: false,
+                }; MAX_EVENTS],
+                count: 0,
+                rtmr: [0; MEASUREMENT_LEN],
+            }),
         }
+    }
+
+    /// The measurement event log.
+    pub fn meas_log(&self) -> &MeasLog {
+        // SAFETY: module mutex held; read-only view while no load runs.
+        unsafe { &*self.log.get() }
+    }
+
+    /// Forget a pending measurement (the load that set it is over).
+    pub fn clear_pending(&self) {
+        // SAFETY: module mutex held.
+        unsafe { *self.pending.get() = None };
+    }
+
+    /// Extend RTMR3 with `m` (TDG.MR.RTMR.EXTEND in a TD, the RTMR_EXTEND
+    /// leaf on the simulated host) and append it to the event log.
+    fn extend(
+        &self,
+        m: &[u8; MEASUREMENT_LEN],
+        package: &[u8; 32],
+        first_id: u32,
+    ) -> Result<(), Error> {
+        // SAFETY: module mutex held; the buffer is only used here.
+        let buf = unsafe { &mut *EXTEND_BUF.get() };
+        buf.0 = [0; 64];
+        buf.0[..MEASUREMENT_LEN].copy_from_slice(m);
+        let gpa = kapi::virt_to_phys(buf.0.as_ptr());
+        let extended = match state::stats().transport {
+            tetd::abi::ioctl::TRANSPORT_LOOPBACK => false,
+            tetd::abi::ioctl::TRANSPORT_TDCALL => {
+                // SAFETY: TDG.MR.RTMR.EXTEND reads 48 bytes at a 64-byte
+                // aligned GPA of our own memory; only executed in a TD.
+                unsafe { tetd::tdcall::rtmr_extend(gpa, AGENT_RTMR_INDEX) }
+                    .map_err(|_| Error::Transport)?;
+                true
+            }
+            _ => {
+                hz::hypercall(Leaf::RtmrExtend, [AGENT_RTMR_INDEX, gpa, 0, 0])?;
+                true
+            }
+        };
+        // SAFETY: module mutex held.
+        let log = unsafe { &mut *self.log.get() };
+        log.rtmr = measure::extend(&log.rtmr, m);
+        if log.count < MAX_EVENTS {
+            log.events[log.count] = MeasEvent {
+                measurement: *m,
+                package: *package,
+                first_id,
+                extended,
+            };
+        }
+        log.count += 1;
+        Ok(())
     }
 
     #[allow(clippy::mut_from_ref)]
@@ -246,6 +352,12 @@ unsafe impl Platform for KPlatform {
             return Err(e);
         }
         let view = zone.va;
+        let mut package = [0u8; 32];
+        let name = req.image.manifest().package_name().as_bytes();
+        let n = name.len().min(32);
+        package[..n].copy_from_slice(&name[..n]);
+        // SAFETY: module mutex held.
+        unsafe { *self.pending.get() = Some((*req.image.measurement(), package)) };
         *slot = Slot::EMPTY;
         slot.core_pages = core_pages;
         slot.pt_off = core_pages;
@@ -335,5 +447,25 @@ unsafe impl Platform for KPlatform {
 
     fn log(&self, agent_id: u32, msg: &[u8]) {
         print_agent_log(agent_id, msg);
+    }
+
+    /// The first registration of a load extends RTMR3 with the image's
+    /// measurement; if that fails the core rolls the load back.
+    fn agent_event(&self, event: AgentEvent) -> Result<(), Error> {
+        if let AgentEvent::Registered { id, dynamic: false } = event {
+            // SAFETY: module mutex held.
+            if let Some((m, package)) = unsafe { (*self.pending.get()).take() } {
+                if let Err(e) = self.extend(&m, &package, id) {
+                    let mut l = Line::new();
+                    let _ = write!(
+                        l,
+                        "RTMR{AGENT_RTMR_INDEX} extension failed ({e}): load refused"
+                    );
+                    kapi::log(Level::Err, l.as_str());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
     }
 }

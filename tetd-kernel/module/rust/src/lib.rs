@@ -122,6 +122,40 @@ mod entry {
             s.zone_bytes,
             if s.require_signed { ", signed images only" } else { "" }
         );
+        let log = crate::ioctl::registry().platform().meas_log();
+        let _ = writeln!(
+            w,
+            "measurements (RTMR{}, load order): {}",
+            tetd::abi::AGENT_RTMR_INDEX,
+            log.count
+        );
+        for (i, e) in log.events.iter().take(log.count).enumerate() {
+            let _ = write!(w, "  {:<3} ", i + 1);
+            for b in e.measurement {
+                let _ = write!(w, "{b:02x}");
+            }
+            let end = e
+                .package
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(e.package.len());
+            let _ = writeln!(
+                w,
+                "  {}  first agent {}{}",
+                core::str::from_utf8(&e.package[..end]).unwrap_or("?"),
+                e.first_id,
+                if e.extended {
+                    ""
+                } else {
+                    "  (not extended: loopback transport)"
+                }
+            );
+        }
+        let _ = write!(w, "rtmr{} expected: ", tetd::abi::AGENT_RTMR_INDEX);
+        for b in log.rtmr {
+            let _ = write!(w, "{b:02x}");
+        }
+        let _ = writeln!(w);
     }
 
     #[panic_handler]

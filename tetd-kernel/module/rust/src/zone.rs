@@ -9,6 +9,18 @@ use crate::state;
 
 /// One hypercall; transport failures become [`Error::Transport`].
 pub fn hypercall(leaf: Leaf, args: [u64; 4]) -> Result<[u64; 3], Error> {
+    if state::stats().transport == tetd::abi::ioctl::TRANSPORT_TDCALL {
+        let a = tetd::abi::regs::HypercallArgs {
+            leaf: leaf as u64,
+            args,
+        };
+        // SAFETY: TDG.VP.VMCALL with the TETD vendor value; the module only
+        // selects this transport inside a TD (tetdg_main.c checks CPUID).
+        return match unsafe { tetd::tdcall::vmcall(&a) } {
+            Ok(ret) => ret.into_result(),
+            Err(_) => Err(Error::Transport),
+        };
+    }
     match kapi::hypercall(TETD_VMCALL_VENDOR, leaf as u64, args) {
         Ok((status, results)) => {
             if status == TETD_VMCALL_VENDOR {
@@ -89,7 +101,9 @@ impl HostZone {
         hypercall(Leaf::VmmEnter, [self.host_id as u64, cpu as u64, 0, 0])?;
         if self.accept_pending {
             for p in 0..self.pages {
-                if kapi::tdx_accept(self.gpa + p * PAGE_SIZE).is_err() {
+                // SAFETY: TDG.MEM.PAGE.ACCEPT of a page the host just added
+                // for this zone (the flag is only set by a TDX host).
+                if unsafe { tetd::tdcall::accept_page(self.gpa + p * PAGE_SIZE) }.is_err() {
                     kapi::log(Level::Err, "TDG.MEM.PAGE.ACCEPT of a zone page failed");
                     let _ = hypercall(
                         Leaf::VmmResume,
