@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 use tetd::abi::PAGE_SIZE;
@@ -285,6 +286,8 @@ pub struct HostPool {
     base: NonNull<u8>,
     pages: u64,
     alloc: ContigAllocator,
+    /// `Some` for a pool in a shared memory file ([`HostPool::new_shared`]).
+    file: Option<OwnedFd>,
 }
 
 // SAFETY: the pool owns its mapping; the raw base pointer is only turned
@@ -309,16 +312,7 @@ impl HostPool {
     /// Map a pool of `pages` pages (anonymous, private, `MAP_NORESERVE`:
     /// memory is committed only when touched).
     pub fn new(pages: u64) -> io::Result<HostPool> {
-        if pages == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "zone pool of 0 pages",
-            ));
-        }
-        let len = pages
-            .checked_mul(PAGE_SIZE)
-            .and_then(|l| usize::try_from(l).ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "zone pool too large"))?;
+        let len = Self::byte_len(pages)?;
         // SAFETY: a fresh anonymous mapping at an address the kernel picks;
         // no existing memory is affected. The result is checked below.
         let p = unsafe {
@@ -331,6 +325,62 @@ impl HostPool {
                 0,
             )
         };
+        Self::from_mapping(p, pages, None)
+    }
+
+    /// A pool of `pages` pages in a shared memory file (`memfd_create`,
+    /// mapped `MAP_SHARED`), for engines that run the guest in another
+    /// process: that process maps the same file ([`Self::shared_fd`]), so
+    /// pool page `i` is the same memory on both sides. Freed ranges are
+    /// scrubbed with `fallocate(PUNCH_HOLE)`, which zeroes them for every
+    /// mapping of the file.
+    pub fn new_shared(pages: u64) -> io::Result<HostPool> {
+        let len = Self::byte_len(pages)?;
+        // SAFETY: the name is a NUL-terminated literal; the flags are valid.
+        let fd = unsafe { libc::memfd_create(c"tetd-zone-pool".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by memfd_create and is owned by
+        // nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: plain ftruncate on the fd we own.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh shared mapping of the whole (sparse) file at an
+        // address the kernel picks; the result is checked in from_mapping.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        Self::from_mapping(p, pages, Some(fd))
+    }
+
+    fn byte_len(pages: u64) -> io::Result<usize> {
+        if pages == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "zone pool of 0 pages",
+            ));
+        }
+        pages
+            .checked_mul(PAGE_SIZE)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "zone pool too large"))
+    }
+
+    fn from_mapping(
+        p: *mut libc::c_void,
+        pages: u64,
+        file: Option<OwnedFd>,
+    ) -> io::Result<HostPool> {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -340,7 +390,34 @@ impl HostPool {
             base,
             pages,
             alloc: ContigAllocator::new(pages),
+            file,
         })
+    }
+
+    /// The shared memory file of a [`Self::new_shared`] pool (offset
+    /// `host_addr - base_addr()` in the file is pool address `host_addr`);
+    /// `None` for an anonymous pool.
+    pub fn shared_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.file.as_ref().map(|f| f.as_fd())
+    }
+
+    /// Size of the pool in bytes.
+    pub fn len(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+
+    /// Always false (a pool has at least one page).
+    pub fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+
+    /// True if `[host_addr, host_addr + len)` lies inside the pool's mapping.
+    pub fn contains(&self, host_addr: u64, len: u64) -> bool {
+        let base = self.base_addr();
+        host_addr >= base
+            && host_addr
+                .checked_add(len)
+                .is_some_and(|e| e <= base + self.len())
     }
 
     /// Host address of the pool's first byte.
@@ -387,14 +464,28 @@ impl HostPool {
     fn scrub(&mut self, first_page: u64, pages: u64) {
         let off = (first_page * PAGE_SIZE) as usize;
         let len = (pages * PAGE_SIZE) as usize;
-        // SAFETY: [off, off+len) lies inside the mapping (it was a live
-        // allocation). MADV_DONTNEED on a private anonymous mapping drops the
-        // pages; later reads see zero-filled pages.
-        let rc =
-            unsafe { libc::madvise(self.base.as_ptr().add(off).cast(), len, libc::MADV_DONTNEED) };
+        let rc = match &self.file {
+            // SAFETY: plain fallocate on the pool's own file; the range is
+            // inside it (a live allocation). Punching a hole frees the pages:
+            // every mapping of the file then reads zeroes there.
+            Some(fd) => unsafe {
+                libc::fallocate(
+                    fd.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as libc::off_t,
+                    len as libc::off_t,
+                )
+            },
+            // SAFETY: [off, off+len) lies inside the mapping (it was a live
+            // allocation). MADV_DONTNEED on a private anonymous mapping drops
+            // the pages; later reads see zero-filled pages.
+            None => unsafe {
+                libc::madvise(self.base.as_ptr().add(off).cast(), len, libc::MADV_DONTNEED)
+            },
+        };
         if rc != 0 {
-            // Cannot fail for a valid private anonymous range; if it does,
-            // zero explicitly so no secret survives.
+            // Cannot fail for a valid range of a private anonymous mapping
+            // or a memfd; if it does, zero explicitly so no secret survives.
             // SAFETY: same range as above, exclusively ours (`&mut self`).
             unsafe { std::ptr::write_bytes(self.base.as_ptr().add(off), 0, len) };
         }
@@ -527,5 +618,50 @@ mod tests {
         assert!(p.free(r).is_err(), "double free");
         assert!(p.read(p.base_addr() + 16 * PAGE_SIZE, &mut buf).is_err());
         assert!(p.read(p.base_addr() - 1, &mut buf).is_err());
+        assert!(p.shared_fd().is_none());
+    }
+
+    #[test]
+    fn shared_pool_is_one_memory_with_its_file_and_scrubbed_for_all() {
+        let mut p = HostPool::new_shared(8).unwrap();
+        let fd = p.shared_fd().unwrap().as_raw_fd();
+        // A second, independent mapping of the file (as another process
+        // would have).
+        // SAFETY: maps the pool's own memfd read-only; unmapped below.
+        let other = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8 * PAGE_SIZE as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(other, libc::MAP_FAILED);
+        let peek = |off: usize| {
+            let mut b = [0u8; 6];
+            // SAFETY: off + 6 is inside the 8-page mapping above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(other.cast::<u8>().add(off), b.as_mut_ptr(), 6)
+            };
+            b
+        };
+        let _a = p.alloc(2).unwrap();
+        let r = p.alloc(3).unwrap();
+        let off = (r.host_addr - p.base_addr()) as usize;
+        assert_eq!(off, 2 * PAGE_SIZE as usize);
+        p.write(r.host_addr + 8, b"secret").unwrap();
+        assert_eq!(&peek(off + 8), b"secret", "the file sees pool writes");
+        p.free(r).unwrap();
+        assert_eq!(peek(off + 8), [0; 6], "scrubbed for the other mapping too");
+        let mut buf = [1u8; 6];
+        p.read(r.host_addr + 8, &mut buf).unwrap();
+        assert_eq!(buf, [0; 6]);
+        assert!(p.contains(p.base_addr(), 8 * PAGE_SIZE));
+        assert!(!p.contains(p.base_addr(), 8 * PAGE_SIZE + 1));
+        assert!(!p.contains(p.base_addr() - 1, 1));
+        // SAFETY: unmapping the mapping made above.
+        unsafe { libc::munmap(other, 8 * PAGE_SIZE as usize) };
     }
 }

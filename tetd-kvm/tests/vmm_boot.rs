@@ -14,15 +14,16 @@
 
 mod vmm_common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tetd::abi::{Error as AbiError, ZONE_GPA_BASE};
 use tetd_kvm::vmm::initramfs::{build_busybox_initramfs, InitramfsSpec};
 use tetd_kvm::vmm::{
     kvm_emulates_guest_kernel, run_vm, GuestKernel, HypercallArgs, HypercallHandler, HypercallRet,
-    StatusSource, Violation, VmConfig, VmExit, VmMemoryControl, ZoneBacking, ZoneSlot,
+    StatusSource, Violation, VmConfig, VmExit, VmMemoryControl, ZoneSlot,
 };
+use tetd_kvm::zone_alloc::HostPool;
 
 const LEAF_BLOCK: u64 = 0x424c;
 const LEAF_UNBLOCK: u64 = 0x554e;
@@ -31,17 +32,19 @@ const LEAF_UNBLOCK: u64 = 0x554e;
 struct Host {
     calls: Vec<(u32, HypercallArgs)>,
     violations: Vec<Violation>,
-    zone: Option<(ZoneSlot, Arc<ZoneBacking>)>,
+    zone: Option<ZoneSlot>,
 }
 
 impl HypercallHandler for Host {
     fn start(&mut self, mem: &mut VmMemoryControl) -> tetd_kvm::vmm::Result<()> {
-        let backing = ZoneBacking::new(4096)?;
+        let mut pool = HostPool::new(1).expect("zone pool");
+        let host = pool.alloc(1).expect("one page").host_addr;
         for i in 0..512u64 {
-            backing.write(i * 8, &(0x1000 + i).to_le_bytes())?;
+            pool.write(host + i * 8, &(0x1000 + i).to_le_bytes())
+                .expect("pool write");
         }
-        let slot = mem.map_zone(ZONE_GPA_BASE, &backing, 0, 4096)?;
-        self.zone = Some((slot, backing));
+        let slot = mem.map_zone(ZONE_GPA_BASE, &Arc::new(Mutex::new(pool)), host, 4096)?;
+        self.zone = Some(slot);
         Ok(())
     }
 
@@ -52,11 +55,7 @@ impl HypercallHandler for Host {
         call: HypercallArgs,
     ) -> HypercallRet {
         self.calls.push((vcpu, call));
-        let slot = self
-            .zone
-            .as_ref()
-            .map(|z| z.0)
-            .expect("zone mapped at start");
+        let slot = self.zone.expect("zone mapped at start");
         match call.leaf {
             0x77 => HypercallRet::ok([0xa1, 0xa2, 0xa3]),
             LEAF_BLOCK => mem

@@ -8,14 +8,23 @@
 
 mod vmm_common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tetd::abi::{Error as AbiError, ZONE_GPA_BASE, ZONE_GPA_SIZE};
 use tetd_kvm::vmm::{
     kvm_regs, run_vm, HypercallArgs, HypercallHandler, HypercallRet, StatusSource, Violation, Vm,
-    VmConfig, VmExit, VmMemoryControl, VmmError, ZoneBacking, ZoneSlot,
+    VmConfig, VmExit, VmMemoryControl, VmmError, ZonePool, ZoneSlot,
 };
+use tetd_kvm::zone_alloc::HostPool;
+
+/// A zone pool of `pages` pages, allocated whole; returns it and the host
+/// address of its first page.
+fn pool(pages: u64) -> (ZonePool, u64) {
+    let mut p = HostPool::new(pages).unwrap();
+    let r = p.alloc(pages).unwrap();
+    (Arc::new(Mutex::new(p)), r.host_addr)
+}
 
 const LEAF_REPORT: u64 = 0x5250;
 const LEAF_BLOCK: u64 = 0x424c;
@@ -45,7 +54,7 @@ struct Recorder {
     calls: Vec<(u32, HypercallArgs)>,
     reports: Vec<[u64; 4]>,
     violations: Vec<Violation>,
-    zone: Option<(ZoneSlot, Arc<ZoneBacking>)>,
+    zone: Option<(ZoneSlot, ZonePool, u64)>,
     map_zone_at_start: bool,
     kick_rax: Option<u64>,
     kicks: u32,
@@ -55,12 +64,16 @@ struct Recorder {
 impl HypercallHandler for Recorder {
     fn start(&mut self, mem: &mut VmMemoryControl) -> tetd_kvm::vmm::Result<()> {
         if self.map_zone_at_start {
-            let backing = ZoneBacking::new(2 * 4096)?;
+            let (backing, host) = pool(2);
             for i in 0..512u64 {
-                backing.write(i * 8, &(0x1000 + i).to_le_bytes())?;
+                backing
+                    .lock()
+                    .unwrap()
+                    .write(host + i * 8, &(0x1000 + i).to_le_bytes())
+                    .unwrap();
             }
-            let slot = mem.map_zone(ZONE_GPA_BASE, &backing, 0, 4096)?;
-            self.zone = Some((slot, backing));
+            let slot = mem.map_zone(ZONE_GPA_BASE, &backing, host, 4096)?;
+            self.zone = Some((slot, backing, host));
         }
         Ok(())
     }
@@ -82,7 +95,7 @@ impl HypercallHandler for Recorder {
                 HypercallRet::ok([0; 3])
             }
             LEAF_BLOCK | LEAF_UNBLOCK => {
-                let Some((slot, _)) = self.zone else {
+                let Some((slot, _, _)) = self.zone else {
                     return HypercallRet::err(AbiError::NotFound);
                 };
                 let r = if call.leaf == LEAF_BLOCK {
@@ -234,10 +247,10 @@ fn blocked_zone_access_is_a_violation_and_the_guest_continues() {
         w.rip
     );
     assert_eq!(out.stats.violations, 2);
-    // The backing still holds the original word.
-    let (_, backing) = rec.zone.as_ref().unwrap();
+    // The pool still holds the original word.
+    let (_, backing, host) = rec.zone.as_ref().unwrap();
     let mut word = [0u8; 8];
-    backing.read(16, &mut word).unwrap();
+    backing.lock().unwrap().read(host + 16, &mut word).unwrap();
     assert_eq!(u64::from_le_bytes(word), 0x1002);
 }
 
@@ -312,31 +325,39 @@ struct ZoneRules;
 
 impl HypercallHandler for ZoneRules {
     fn start(&mut self, mem: &mut VmMemoryControl) -> tetd_kvm::vmm::Result<()> {
-        let b = ZoneBacking::new(4 * 4096)?;
+        let (b, h) = pool(4);
         let is_zone_err = |r: tetd_kvm::vmm::Result<ZoneSlot>| matches!(r, Err(VmmError::Zone(_)));
         assert!(
-            is_zone_err(mem.map_zone(0x1000, &b, 0, 4096)),
+            is_zone_err(mem.map_zone(0x1000, &b, h, 4096)),
             "below the window"
         );
         assert!(
-            is_zone_err(mem.map_zone(ZONE_GPA_BASE + ZONE_GPA_SIZE - 4096, &b, 0, 8192)),
+            is_zone_err(mem.map_zone(ZONE_GPA_BASE + ZONE_GPA_SIZE - 4096, &b, h, 8192)),
             "crosses the end"
         );
         assert!(
-            is_zone_err(mem.map_zone(ZONE_GPA_BASE + 1, &b, 0, 4096)),
+            is_zone_err(mem.map_zone(ZONE_GPA_BASE + 1, &b, h, 4096)),
             "unaligned gpa"
         );
-        assert!(is_zone_err(mem.map_zone(ZONE_GPA_BASE, &b, 0, 0)), "empty");
         assert!(
-            is_zone_err(mem.map_zone(ZONE_GPA_BASE, &b, 4096, 4 * 4096)),
-            "beyond the backing"
+            is_zone_err(mem.map_zone(ZONE_GPA_BASE, &b, h + 1, 4096)),
+            "unaligned host address"
         );
-        let a = mem.map_zone(ZONE_GPA_BASE, &b, 0, 2 * 4096)?;
+        assert!(is_zone_err(mem.map_zone(ZONE_GPA_BASE, &b, h, 0)), "empty");
         assert!(
-            is_zone_err(mem.map_zone(ZONE_GPA_BASE + 4096, &b, 0, 4096)),
+            is_zone_err(mem.map_zone(ZONE_GPA_BASE, &b, h + 4096, 4 * 4096)),
+            "beyond the pool"
+        );
+        assert!(
+            is_zone_err(mem.map_zone(ZONE_GPA_BASE, &b, h - 4096, 4096)),
+            "before the pool"
+        );
+        let a = mem.map_zone(ZONE_GPA_BASE, &b, h, 2 * 4096)?;
+        assert!(
+            is_zone_err(mem.map_zone(ZONE_GPA_BASE + 4096, &b, h, 4096)),
             "overlap"
         );
-        let c = mem.map_zone(ZONE_GPA_BASE + 2 * 4096, &b, 2 * 4096, 2 * 4096)?;
+        let c = mem.map_zone(ZONE_GPA_BASE + 2 * 4096, &b, h + 2 * 4096, 2 * 4096)?;
         assert_ne!(a, c);
         assert_eq!(mem.zone_at(ZONE_GPA_BASE + 4096).map(|z| z.slot), Some(a));
         mem.block_zone(a)?;

@@ -74,7 +74,7 @@ pub use console::{
 pub use error::{Result, VmmError};
 pub use kvm_bindings::kvm_regs;
 pub use layout::{MAX_MEM_MIB, MIN_MEM_MIB};
-pub use memctl::{VmMemoryControl, ZoneBacking, ZoneInfo, ZoneSlot};
+pub use memctl::{VmMemoryControl, ZoneInfo, ZonePool, ZoneSlot};
 pub use tetd::abi::regs::{HypercallArgs, HypercallRet};
 pub use tetd::abi::{SIM_EXIT_PORT, SIM_HYPERCALL_PORT, TETD_VMCALL_VENDOR};
 pub use vm::{kvm_available, kvm_emulates_guest_kernel, Vm, VmHandle};

@@ -310,7 +310,13 @@ impl Vm {
             max_slots,
             timeout,
         } = self;
-        let mut memctl = VmMemoryControl::new(Arc::clone(&vm), mem.clone(), 1, max_slots);
+        let mut memctl = VmMemoryControl::new(
+            Arc::clone(&vm),
+            mem.clone(),
+            1,
+            max_slots,
+            shared.vcpus.len() as u32,
+        );
         handler.start(&mut memctl)?;
         let handler = Mutex::new((handler, memctl));
         let debug = std::env::var_os("TETD_VMM_DEBUG").is_some();
