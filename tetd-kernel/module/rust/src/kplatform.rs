@@ -341,11 +341,19 @@ unsafe impl Platform for KPlatform {
             .enumerate()
             .find(|(_, s)| s.zone.is_none())
             .ok_or(Error::TableFull)?;
+        // The host records the image measurement with the zone (AGENT_ACCESS
+        // argument 3).
+        // SAFETY: module mutex held; the buffer is only used here and in extend().
+        let mbuf = unsafe { &mut *EXTEND_BUF.get() };
+        mbuf.0 = [0; 64];
+        mbuf.0[..MEASUREMENT_LEN].copy_from_slice(req.image.measurement());
+        let mgpa = kapi::virt_to_phys(mbuf.0.as_ptr());
         let mut zone = HostZone::create(
             first.id,
             core_pages + pt_pages,
             first.mode,
             first.flags & AGENT_FLAGS_ALL,
+            mgpa,
         )?;
         if let Err(e) = zone.open() {
             let _ = zone.destroy();

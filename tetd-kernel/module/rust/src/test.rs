@@ -70,7 +70,7 @@ fn run_inner(req: &mut TestRequest) -> Result<u32, Error> {
     }
     let pt_pages = collab::pt_pages_bound(PT);
     let pages = PT + pt_pages;
-    let mut zone = HostZone::create(TEST_AGENT_ID, pages, mode, 0)?;
+    let mut zone = HostZone::create(TEST_AGENT_ID, pages, mode, 0, 0)?;
     let r = call_in_zone(&mut zone, req, mode, blob, pt_pages);
     let d = zone.destroy();
     let status = r?;

@@ -51,10 +51,23 @@ pub struct HostZone {
 
 impl HostZone {
     /// AGENT_ACCESS, then map the zone RW+NX.
-    pub fn create(host_id: u32, pages: u64, mode: Mode, flags: u32) -> Result<HostZone, Error> {
+    /// `measurement_gpa`: guest-physical address of the image's 48-byte
+    /// measurement (0: none), recorded by the host with the zone.
+    pub fn create(
+        host_id: u32,
+        pages: u64,
+        mode: Mode,
+        flags: u32,
+        measurement_gpa: u64,
+    ) -> Result<HostZone, Error> {
         let r = hypercall(
             Leaf::AgentAccess,
-            [host_id as u64, pages, access::encode(mode, flags), 0],
+            [
+                host_id as u64,
+                pages,
+                access::encode(mode, flags),
+                measurement_gpa,
+            ],
         )?;
         let (gpa, got_pages, zflags) = (r[0], r[1], r[2]);
         let loopback = state::stats().transport == tetd::abi::ioctl::TRANSPORT_LOOPBACK;
