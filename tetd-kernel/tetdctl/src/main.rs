@@ -605,3 +605,59 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_input_parses_and_errors_name_the_offset() {
+        assert_eq!(parse_hex("68 65 6c6c6f").ok(), Some(b"hello".to_vec()));
+        assert_eq!(parse_hex("").ok(), Some(vec![]));
+        let Err(Fail(code, msg)) = parse_hex("abc") else {
+            panic!()
+        };
+        assert_eq!((code, msg.as_str()), (2, "--hex: odd number of hex digits"));
+        let Err(Fail(_, msg)) = parse_hex("00zz") else {
+            panic!()
+        };
+        assert!(msg.contains("\"zz\" at offset 2"), "{msg}");
+        assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
+    }
+
+    #[test]
+    fn status_messages_use_the_abi_descriptions() {
+        let Fail(code, msg) = tetd_fail("call agent 5", Error::Fault as u32, "vector 14");
+        assert_eq!(code, 1);
+        assert_eq!(msg, format!("call agent 5: {}: vector 14", Error::Fault));
+        let Fail(_, msg) = tetd_fail("call agent 5", 77, "");
+        assert!(msg.contains("status 77 (its own code"), "{msg}");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "tetdctl",
+            "call",
+            "3",
+            "--hex",
+            "00",
+            "--mode",
+            "collaborative",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.cmd,
+            Cmd::Call {
+                id: 3,
+                mode: Some(ModeArg::Collaborative),
+                ..
+            }
+        ));
+        assert!(
+            Cli::try_parse_from(["tetdctl", "call", "3", "--hex", "00", "--input", "x"]).is_err()
+        );
+    }
+}

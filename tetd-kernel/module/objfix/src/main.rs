@@ -65,7 +65,15 @@ mod rel {
 
 fn run(input: &str, output: &str) -> Result<String, String> {
     let data = std::fs::read(input).map_err(|e| format!("{input}: {e}"))?;
-    let mut b = Builder::read(&*data).map_err(|e| format!("{input}: not an ELF object: {e}"))?;
+    let (out, note) = fix(&data, input)?;
+    std::fs::write(output, &out).map_err(|e| format!("{output}: {e}"))?;
+    Ok(note)
+}
+
+/// Rewrite and check one object (`input` names it in messages). Returns
+/// the new object and a summary line.
+fn fix(data: &[u8], input: &str) -> Result<(Vec<u8>, String), String> {
+    let mut b = Builder::read(data).map_err(|e| format!("{input}: not an ELF object: {e}"))?;
     if b.header.e_type != elf::ET_REL {
         return Err(format!("{input}: not a relocatable object (ET_REL)"));
     }
@@ -211,10 +219,10 @@ fn run(input: &str, output: &str) -> Result<String, String> {
 
     let mut out = Vec::new();
     b.write(&mut out)
-        .map_err(|e| format!("{output}: cannot write ELF: {e}"))?;
-    std::fs::write(output, &out).map_err(|e| format!("{output}: {e}"))?;
-    Ok(format!(
-        "{note}{checked} relocation(s) in allocated sections, all accepted"
+        .map_err(|e| format!("{input}: cannot write ELF: {e}"))?;
+    Ok((
+        out,
+        format!("{note}{checked} relocation(s) in allocated sections, all accepted"),
     ))
 }
 
@@ -233,5 +241,148 @@ fn main() -> ExitCode {
             eprintln!("tetdg-objfix: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object::read::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    use object::write::{Object, Relocation as WReloc, StandardSegment, Symbol, SymbolSection};
+    use object::{
+        Architecture, BinaryFormat, Endianness, RelocationFlags, RelocationTarget, SectionKind,
+        SymbolFlags, SymbolKind, SymbolScope,
+    };
+
+    /// A relocatable x86-64 object whose .text (32 bytes) carries the given
+    /// relocations `(offset, symbol, type, addend)`; symbol "dbg" puts the
+    /// relocation into a .debug_info section instead.
+    fn object_with(relocs: &[(u64, &str, u32, i64)]) -> Vec<u8> {
+        let mut o = Object::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = o.add_section(
+            o.segment_name(StandardSegment::Text).to_vec(),
+            b".text".to_vec(),
+            SectionKind::Text,
+        );
+        o.append_section_data(text, &[0x90; 32], 16);
+        let dbg = o.add_section(Vec::new(), b".debug_info".to_vec(), SectionKind::Debug);
+        o.append_section_data(dbg, &[0; 16], 1);
+        let mut ids = std::collections::HashMap::new();
+        for &(off, name, ty, addend) in relocs {
+            let sym = *ids.entry(name).or_insert_with(|| {
+                o.add_symbol(Symbol {
+                    name: name.as_bytes().to_vec(),
+                    value: 0,
+                    size: 0,
+                    kind: SymbolKind::Text,
+                    scope: SymbolScope::Linkage,
+                    weak: false,
+                    section: SymbolSection::Undefined,
+                    flags: SymbolFlags::None,
+                })
+            });
+            let section = if name == "dbg" { dbg } else { text };
+            o.add_relocation(
+                section,
+                WReloc {
+                    offset: off,
+                    symbol: sym,
+                    addend,
+                    flags: RelocationFlags::Elf {
+                        r_type: elf::RelocationType(ty),
+                    },
+                },
+            )
+            .unwrap();
+        }
+        o.write().unwrap()
+    }
+
+    fn relocs_of(f: &object::File<'_>, section: &str) -> Vec<(u64, String, u32, i64)> {
+        let s = f.section_by_name(section).unwrap();
+        let mut v: Vec<_> = s
+            .relocations()
+            .map(|(off, r)| {
+                let RelocationTarget::Symbol(i) = r.target() else {
+                    panic!("not a symbol")
+                };
+                let RelocationFlags::Elf { r_type } = r.flags() else {
+                    panic!("not ELF")
+                };
+                let name = f.symbol_by_index(i).unwrap().name().unwrap().to_string();
+                (off, name, r_type.0, r.addend())
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn gotpcrel_becomes_pc32_through_a_private_got() {
+        let input = object_with(&[
+            (3, "foo", rel::REX_GOTPCRELX, -4),
+            (9, "bar", rel::GOTPCREL, -4),
+            (15, "foo", rel::GOTPCREL, -4),
+            (20, "baz", rel::PLT32, -4),
+        ]);
+        let (out, note) = fix(&input, "t.o").unwrap();
+        assert!(
+            note.starts_with("3 GOT-relative relocation(s) through 2 private GOT slot(s)"),
+            "{note}"
+        );
+        let f = object::File::parse(&*out).unwrap();
+        assert_eq!(f.section_by_name(".data.tetdg_got").unwrap().size(), 16);
+        // one slot per symbol, filled with its address
+        assert_eq!(
+            relocs_of(&f, ".data.tetdg_got"),
+            vec![
+                (0, "foo".into(), rel::R64, 0),
+                (8, "bar".into(), rel::R64, 0)
+            ]
+        );
+        // GOTPCREL(S)+A == PC32(slot(S))+A
+        assert_eq!(
+            relocs_of(&f, ".text"),
+            vec![
+                (3, "__tetdg_got".into(), rel::PC32, -4),
+                (9, "__tetdg_got".into(), rel::PC32, 8 - 4),
+                (15, "__tetdg_got".into(), rel::PC32, -4),
+                (20, "baz".into(), rel::PLT32, -4),
+            ]
+        );
+    }
+
+    #[test]
+    fn forbidden_relocations_are_named() {
+        let input = object_with(&[
+            (4, "tls_thing", 23 /* TPOFF32 */, 0),
+            (8, "abs32", rel::R32, 0),
+        ]);
+        let err = fix(&input, "t.o").unwrap_err();
+        assert!(
+            err.contains("2 relocation(s) the Linux x86-64 module loader does not accept"),
+            "{err}"
+        );
+        assert!(
+            err.contains("R_X86_64_TLS* at .text+0x4 against `tls_thing`"),
+            "{err}"
+        );
+        assert!(
+            err.contains("R_X86_64_32 at .text+0x8 against `abs32`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_sections_are_not_checked_and_clean_objects_pass() {
+        let input = object_with(&[(0, "dbg", rel::R32, 0), (4, "f", rel::PC32, -4)]);
+        let (_, note) = fix(&input, "t.o").unwrap();
+        assert_eq!(note, "1 relocation(s) in allocated sections, all accepted");
+    }
+
+    #[test]
+    fn non_elf_input_is_an_error() {
+        let err = fix(b"not an object", "x.o").unwrap_err();
+        assert!(err.starts_with("x.o: not an ELF object"), "{err}");
     }
 }
