@@ -110,6 +110,10 @@ case "$($T list)" in *write-code*) fail list-after-unload "write-code still list
 contains info-json "$($T info --json)" "\"agents\":2"
 rmmod tetdg && pass rmmod || fail rmmod "rc $?"
 case "$(dmesg)" in *"BUG:"*|*"Oops"*|*"WARNING:"*) fail dmesg-clean "$(dmesg | grep -E 'BUG:|Oops|WARNING:' | head -3)";; *) pass dmesg-clean;; esac
+# End the VM through the exit port (QEMU's isa-debug-exit sits on it here:
+# it exits with status (5 << 1) | 1 = 11).
+$T exit 5
+echo "exit-port: tetdctl exit returned $?"
 EOF
 
 sed -i "s/@RTMR@/$RTMR/" "$WORK/run.sh"
@@ -126,15 +130,22 @@ sed -i "s/@RTMR@/$RTMR/" "$WORK/run.sh"
     --file "$WORK/bad.list:/tetd/bad.list" >/dev/null
 
 echo "guest-smoke: booting Linux $KVER under QEMU (TCG), 2 vCPUs" >&2
+qrc=0
 timeout 600 qemu-system-x86_64 -machine q35 -cpu max -m 512 -smp 2 -nographic -no-reboot \
+    -device isa-debug-exit,iobase=0xe44,iosize=1 \
     -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
-    -append "console=ttyS0 panic=-1 quiet" > "$WORK/console.log" 2>&1 || true
+    -append "console=ttyS0 panic=-1 quiet" > "$WORK/console.log" 2>&1 || qrc=$?
+if [ "$qrc" -eq 11 ]; then
+    echo "CHECK-PASS exit-port" >> "$WORK/console.log"
+else
+    echo "CHECK-FAIL exit-port: QEMU exit status $qrc, want 11 (tetdctl exit 5)" >> "$WORK/console.log"
+fi
 
 tr -d '\r' < "$WORK/console.log" > "$WORK/console.txt"
 passed=$(grep -c '^CHECK-PASS ' "$WORK/console.txt" || true)
 failed=$(grep -c '^CHECK-FAIL ' "$WORK/console.txt" || true)
 grep '^CHECK-' "$WORK/console.txt" || true
-expected=42 # checks in run.sh above (one CHECK line each)
+expected=43 # checks in run.sh above (one CHECK line each)
 if [ "$((passed + failed))" -ne "$expected" ]; then
     echo "guest-smoke: only $((passed + failed)) of $expected checks reported (console: $WORK/console.txt)" >&2
     failed=$((failed + expected - passed - failed))
