@@ -26,17 +26,22 @@ pub fn agent_target_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("agents")
 }
 
-/// A private scratch directory for this test process.
+/// A scratch directory for this test binary, emptied when the process first
+/// uses it (so runs do not accumulate files): `target/tmp/tetd-pack-tests/<test>`.
 pub fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        std::fs::create_dir_all(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        tempfile::Builder::new()
-            .prefix("tetd-pack-test-")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-            .unwrap()
+        let exe = std::env::current_exe().unwrap();
+        let stem = exe.file_stem().unwrap().to_string_lossy().into_owned();
+        // `build_examples-0123abcd` -> `build_examples`
+        let name = stem.rsplit_once('-').map_or(stem.as_str(), |(n, _)| n);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("tetd-pack-tests")
+            .join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     })
-    .path()
 }
 
 /// Result of one `tetd-pack` run.
