@@ -445,7 +445,7 @@ fn corrupted_elfs_never_crash_the_packer() {
             d[at] = match v % 4 {
                 0 => 0,
                 1 => 0xff,
-                _ => d[at] ^ (1 << (v >> 8) % 8),
+                _ => d[at] ^ (1 << ((v >> 8) % 8)),
             };
         }
         cases.push(d);
