@@ -1,8 +1,10 @@
 //! TETD-H: host side of TETD-rs.
 
 pub mod host;
+pub mod hv;
 pub mod leaves;
 pub mod notify;
+pub mod qemu;
 pub mod rtmr;
 pub mod seam;
 pub mod seam_model;

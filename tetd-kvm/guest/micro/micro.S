@@ -17,6 +17,12 @@
  *   SMP       the BSP copies a real-mode trampoline to 0x10000 and starts
  *             vCPU 1 with INIT + SIPI through its local APIC; the AP writes
  *             9 to the exit port (the BSP only spins)
+ *   TETD      the TETD leaf sequence against TETD-H (tests/hv_kvm.rs):
+ *             AGENT_ACCESS (agent 5, 2 pages, with a measurement GPA), read
+ *             the blocked zone, VMM_ENTER, write + read it, VMM_RESUME, read
+ *             and write it (blocked), VMM_ENTER + read both words + VMM_RESUME,
+ *             RTMR_EXTEND, AGENT_QUERY, AGENT_DISABLE, read the removed zone;
+ *             every result goes to the host with a REPORT call; exit 0
  */
         .intel_syntax noprefix
 
@@ -27,6 +33,13 @@
 #define LEAF_REPORT     0x5250          /* test-only leaves, answered by the test handler */
 #define LEAF_BLOCK      0x424c
 #define LEAF_UNBLOCK    0x554e
+#define AGENT_ACCESS    1               /* tetd::abi::Leaf */
+#define VMM_ENTER       2
+#define VMM_RESUME      3
+#define AGENT_DISABLE   4
+#define RTMR_EXTEND     6
+#define AGENT_QUERY     8
+#define AGENT           5
 
         /* One hypercall with R10..R15 already loaded. */
         .macro  HCALL
@@ -63,6 +76,17 @@
         xor     r13, r13
         xor     r14, r14
         xor     r15, r15
+        HCALL
+        .endm
+
+        /* A TETD leaf with arguments (R12..R15 from the given operands). */
+        .macro  TCALL leaf, a0, a1, a2, a3
+        mov     r10, VENDOR
+        mov     r11, \leaf
+        mov     r12, \a0
+        mov     r13, \a1
+        mov     r14, \a2
+        mov     r15, \a3
         HCALL
         .endm
 
@@ -141,6 +165,51 @@ trampoline:                                     /* runs on the AP in real mode *
         jmp     2b
 trampoline_end:
         .code64
+
+#elif defined(SCENARIO_TETD)
+        lea     rsi, [rip + measurement]
+        TCALL   AGENT_ACCESS, AGENT, 2, 0, rsi  /* exclusive, no flags */
+        mov     rbx, r11                /* zone GPA */
+        REPORT_RESULT                   /* 0: status, GPA, pages, zone flags */
+        mov     rax, [rbx + 8]          /* blocked: violation, all-ones */
+        REPORT_RAX                      /* 1 */
+        TCALL   VMM_ENTER, AGENT, 0, 0, 0
+        REPORT_RESULT                   /* 2: status, calls */
+        mov     rcx, 0x1122334455667788
+        mov     [rbx + 8], rcx
+        mov     rax, [rbx + 8]          /* mapped: what was written */
+        REPORT_RAX                      /* 3 */
+        TCALL   VMM_RESUME, AGENT, 0, 0, 0
+        REPORT_RESULT                   /* 4: status, calls, failures */
+        mov     rax, [rbx + 8]          /* blocked again: violation */
+        REPORT_RAX                      /* 5 */
+        mov     rcx, 0x5a5a5a5a5a5a5a5a
+        mov     [rbx + 16], rcx         /* blocked: violation, dropped */
+        TCALL   VMM_ENTER, AGENT, 0, 0, 0
+        mov     rax, [rbx + 8]          /* content kept across the block */
+        REPORT_RAX                      /* 6 */
+        mov     rax, [rbx + 16]         /* the blocked write did not land */
+        REPORT_RAX                      /* 7 */
+        TCALL   VMM_RESUME, AGENT, 0, 3, 0      /* call status 3: a failure */
+        REPORT_RESULT                   /* 8 */
+        lea     rsi, [rip + measurement]
+        TCALL   RTMR_EXTEND, 3, rsi, 0, 0
+        REPORT_RESULT                   /* 9 */
+        TCALL   AGENT_QUERY, AGENT, 0, 0, 0
+        REPORT_RESULT                   /* 10: status, state, calls, violations */
+        TCALL   AGENT_DISABLE, AGENT, 0, 0, 0
+        REPORT_RESULT                   /* 11 */
+        mov     rax, [rbx]              /* removed: violation without an agent */
+        REPORT_RAX                      /* 12 */
+        EXIT    0
+
+        .balign 8
+measurement:                            /* 48 bytes: i * 7 + 1 */
+        .set    i, 0
+        .rept   48
+        .byte   (i * 7 + 1) & 0xff
+        .set    i, i + 1
+        .endr
 
 #else
 #error "define one SCENARIO_*"

@@ -52,7 +52,7 @@ impl ConsoleBuffer {
         self.lock().dropped
     }
 
-    fn push(&self, data: &[u8]) {
+    pub(crate) fn push(&self, data: &[u8]) {
         let mut c = self.lock();
         c.bytes.extend_from_slice(data);
         if c.bytes.len() > CAPTURE_LIMIT {

@@ -133,6 +133,19 @@ impl VmMemoryControl {
         host_addr: u64,
         len: u64,
     ) -> Result<ZoneSlot> {
+        self.register_zone(gpa, pool, host_addr, len, true)
+    }
+
+    /// As [`Self::map_zone`], but the zone starts blocked unless `present`
+    /// (no KVM slot until [`Self::unblock_zone`]).
+    pub fn register_zone(
+        &self,
+        gpa: u64,
+        pool: &ZonePool,
+        host_addr: u64,
+        len: u64,
+        present: bool,
+    ) -> Result<ZoneSlot> {
         let zerr = |m: String| Err(VmmError::Zone(m));
         if gpa % PAGE_SIZE != 0 || host_addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 || len == 0 {
             return zerr(format!(
@@ -177,9 +190,11 @@ impl VmMemoryControl {
             len,
             _pool: Arc::clone(pool),
             host_addr,
-            present: true,
+            present,
         };
-        inner.set_region(slot, gpa, len, host_addr)?;
+        if present {
+            inner.set_region(slot, gpa, len, host_addr)?;
+        }
         inner.zones.insert(slot, zone);
         Ok(ZoneSlot(slot))
     }
