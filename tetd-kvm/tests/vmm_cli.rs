@@ -91,7 +91,7 @@ fn boot_exit_code_is_the_guest_status() {
         .arg("boot")
         .arg("--kernel")
         .arg(&elf)
-        .args(["--timeout", "20"])
+        .args(["--engine", "kvm", "--timeout", "20"])
         .output()
         .unwrap();
     assert_eq!(

@@ -56,9 +56,12 @@ pub const ZONE_GPA_SIZE: u64 = 0x1000_0000;
 ///
 /// The guest sends the `TDG.VP.VMCALL` registers of [`regs`] as one byte
 /// frame ([`Request`], [`REQUEST_LEN`] bytes) through a dedicated 16550 UART
-/// at [`uart::IO_BASE`](IO_BASE) (a port Linux' 8250 driver never probes)
-/// and reads the answer ([`Response`], [`RESPONSE_LEN`] bytes) back from it,
-/// polling the line status register with interrupts off:
+/// at [`uart::IO_BASE`](IO_BASE) (not a legacy COM port, so Linux' 8250
+/// driver leaves it alone as long as nothing describes it: the host's QEMU
+/// engine boots the guest with `pnpacpi=off` because QEMU lists the UART in
+/// its ACPI tables) and reads the answer ([`Response`], [`RESPONSE_LEN`]
+/// bytes) back from it, polling the line status register with interrupts
+/// off:
 ///
 /// * set-up, once: `IER = 0` (no interrupts), `LCR = 0x03` (8N1, DLAB off),
 ///   `FCR = 0x07` (FIFOs on and cleared), `MCR = 0x03` (DTR, RTS; loopback

@@ -1,21 +1,23 @@
-//! `tetd-vmm`: boot a Linux guest under the TETD-rs KVM VMM, or build a
-//! busybox initramfs for it.
+//! `tetd-vmm`: boot a Linux guest with TETD-H attached, under the TETD-rs
+//! KVM VMM or QEMU/TCG (`--engine kvm|qemu|auto`), or build a busybox
+//! initramfs for it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tetd_kvm::hv::{run_guest, select_engine, EngineChoice, TetdOptions, TetdReport};
 use tetd_kvm::vmm::initramfs::{
     build_busybox_initramfs, parse_host_guest, InitramfsSpec, DEFAULT_BUSYBOX,
 };
-use tetd_kvm::vmm::{run_vm, NoHypercalls, VmConfig, VmExit, VmmError, DEFAULT_CMDLINE};
+use tetd_kvm::vmm::{VmConfig, VmExit, VmmError, DEFAULT_CMDLINE};
 
 #[derive(Parser)]
 #[command(
     name = "tetd-vmm",
     version,
-    about = "TETD-rs KVM VMM: boot a Linux guest, build its initramfs"
+    about = "TETD-rs VMM: boot a Linux guest with TETD-H attached (KVM or QEMU/TCG), build its initramfs"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,11 +26,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Boot a bzImage with an initramfs; the exit code is the guest's exit status.
+    /// Boot a kernel with an initramfs and TETD-H answering its hypercalls;
+    /// the exit code is the guest's exit status.
     Boot {
-        /// Linux bzImage (e.g. build/guest/kernel-<ver>/boot/vmlinuz-<ver>).
+        /// Linux kernel: the vmlinux or bzImage under build/guest/kernel-<ver>/boot/.
         #[arg(long)]
         kernel: PathBuf,
+        /// kvm (the project's KVM VMM, zone blocking enforced), qemu
+        /// (QEMU/TCG, uart hypercall transport, zone blocking NOT enforced) or
+        /// auto (kvm unless /dev/kvm is missing or emulates guest kernels).
+        #[arg(long, default_value = "auto", value_parser = parse_engine)]
+        engine: EngineChoice,
         /// Initramfs (see `tetd-vmm initramfs`). Optional with --extra-file (one is built).
         #[arg(long)]
         initrd: Option<PathBuf>,
@@ -114,6 +122,7 @@ fn real_main(cli: Cli) -> Result<ExitCode, VmmError> {
         }
         Cmd::Boot {
             kernel,
+            engine,
             initrd,
             append,
             cmdline,
@@ -150,19 +159,55 @@ fn real_main(cli: Cli) -> Result<ExitCode, VmmError> {
             config.mem_mib = mem_mib;
             config.timeout = Duration::from_secs(timeout);
             config.echo_console = !quiet;
-            let (outcome, _) = run_vm(config, NoHypercalls)?;
+            let sel = select_engine(engine)?;
+            eprintln!("tetd-vmm: engine {} ({})", sel.engine, sel.reason);
+            let run = run_guest(sel.engine, config, TetdOptions::default())?;
+            let outcome = run.outcome;
             eprintln!(
-                "tetd-vmm: {} after {:.2}s ({} exits)",
+                "tetd-vmm: {} after {:.2}s ({} hypercalls)",
                 outcome.exit,
                 outcome.elapsed.as_secs_f64(),
-                outcome.stats.exits
+                outcome.stats.hypercalls
             );
+            summarize(&run.report);
             Ok(match outcome.exit {
                 VmExit::Status { code, .. } => ExitCode::from(code),
                 VmExit::Shutdown | VmExit::Stopped => ExitCode::SUCCESS,
                 VmExit::Panic(_) | VmExit::Timeout | VmExit::Error(_) => ExitCode::from(125),
             })
         }
+    }
+}
+
+fn parse_engine(s: &str) -> Result<EngineChoice, String> {
+    s.parse()
+}
+
+/// TETD-H's view at the end of the run, on stderr.
+fn summarize(r: &TetdReport) {
+    eprintln!(
+        "tetd-vmm: TETD-H: {} hypercall(s), {} trapped zone access(es); {}",
+        r.total_calls,
+        r.violations.len(),
+        r.blocking_note
+    );
+    for a in &r.agents {
+        eprintln!(
+            "tetd-vmm:   agent {:>5} {:<13} {:<9} calls {} failures {} faults {} violations {}",
+            a.id,
+            a.mode.name(),
+            format!("{:?}", a.state.abi()).to_lowercase(),
+            a.calls,
+            a.failures,
+            a.faults,
+            a.violations
+        );
+    }
+    if r.seam_trouble.errors > 0 {
+        eprintln!(
+            "tetd-vmm:   SEAM errors: {} ({} recovered)",
+            r.seam_trouble.errors, r.seam_trouble.recovered
+        );
     }
 }
 

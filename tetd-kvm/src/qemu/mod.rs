@@ -17,15 +17,17 @@
 //!   pool, seen by the guest at `ZONE_GPA_BASE + pool offset`. The kernel
 //!   must not use the DIMM as RAM: the engine appends `acpi_no_memhotplug`
 //!   to the command line (Linux' ACPI memory-device driver then does not add
-//!   it; checked in `tests/qemu_engine.rs`: no `System RAM` there, MemTotal
-//!   unchanged, and `/dev/mem` / `vmap_pfn` reach it as device memory);
+//!   it; `tests/qemu_engine.rs` checks that `/proc/iomem` has nothing there
+//!   and that `/dev/mem` reaches it, as on the KVM engine);
 //! * console: COM1 (`0x3f8`, IRQ 4) on QEMU's stdout, captured like the KVM
 //!   engine's console and optionally echoed;
 //! * hypercalls ("uart transport", [`tetd::abi::uart`]): a second 16550 at
 //!   [`uart::IO_BASE`] (IRQ [`HC_UART_IRQ`], never raised: the guest keeps
 //!   `IER = 0` and polls) whose character device is a Unix socket this
 //!   process listens on; a thread decodes request frames, asks the
-//!   [`TetdHandler`] and writes the response frame;
+//!   [`TetdHandler`] and writes the response frame. QEMU describes every
+//!   `isa-serial` in its ACPI tables, so the engine also appends
+//!   `pnpacpi=off` ([`CMDLINE_EXTRA`]): no guest driver binds the UART;
 //! * exit status: `isa-debug-exit` at [`SIM_EXIT_PORT`]: a guest write of
 //!   byte `n` makes QEMU exit with `(n << 1) | 1`, decoded back to `n`
 //!   (statuses 0..=127; status 0 is told apart from a QEMU failure, which
@@ -69,9 +71,13 @@ pub const HC_UART_IRQ: u32 = 5;
 /// Largest guest RAM the engine accepts (MiB): q35 maps RAM below
 /// `0xb000_0000` 1:1, which [`GuestRam`] relies on.
 pub const MAX_MEM_MIB: u64 = 2048;
-/// Words the engine appends to the kernel command line (the zone window
-/// must not become RAM).
-pub const CMDLINE_EXTRA: &str = "acpi_no_memhotplug";
+/// Words the engine appends to the kernel command line:
+/// `acpi_no_memhotplug` keeps the zone window from becoming RAM (QEMU
+/// describes the `pc-dimm` as an ACPI memory device); `pnpacpi=off` keeps
+/// Linux' 8250 driver away from the hypercall UART (QEMU lists every
+/// `isa-serial` in the DSDT, and PnP would make it ttyS0 and move the
+/// console there; without PnP the driver only probes the legacy COM ports).
+pub const CMDLINE_EXTRA: &str = "acpi_no_memhotplug pnpacpi=off";
 /// Environment variable naming the QEMU binary (default: `qemu-system-x86_64`
 /// on `PATH`).
 pub const QEMU_ENV: &str = "TETD_QEMU";
