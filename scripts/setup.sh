@@ -4,6 +4,8 @@
 #
 # Installs:
 #   * busybox-static, cpio, build-essential (guest initramfs, static test programs)
+#   * qemu-system-x86 (the QEMU/TCG engine of tetd-vmm, for hosts whose /dev/kvm
+#     is missing or emulates guest kernels; see tetd-kvm/src/qemu/mod.rs)
 #   * the guest kernel: the current Debian 6.1 kernel image package, downloaded
 #     (NOT installed on the host) and unpacked into build/guest/kernel-<ver>/,
 #     plus the matching linux-headers-<ver> (installed; tetdg.ko builds against
@@ -59,7 +61,7 @@ install_pkgs() {
 }
 
 mkdir -p "$ROOT/build"
-install_pkgs busybox-static cpio build-essential gcc xz-utils
+install_pkgs busybox-static cpio build-essential gcc xz-utils qemu-system-x86
 
 # --- guest kernel -----------------------------------------------------------
 resolve_kernel_version() {
