@@ -50,6 +50,10 @@ static bool test_ioctl;
 module_param(test_ioctl, bool, 0444);
 MODULE_PARM_DESC(test_ioctl, "enable the TEST ioctl (built-in machine-code blobs; development and tests only)");
 
+static unsigned int timeout_ms;
+module_param(timeout_ms, uint, 0444);
+MODULE_PARM_DESC(timeout_ms, "watchdog budget (ms) of collaborative calls that set none; 0 = none. Enforced when an NMI reaches the vCPU after the deadline");
+
 static bool require_signed;
 module_param(require_signed, bool, 0444);
 MODULE_PARM_DESC(require_signed, "refuse unsigned images");
@@ -59,7 +63,7 @@ module_param(transport, charp, 0444);
 MODULE_PARM_DESC(transport, "hypercall transport: auto (TDCALL in a TD, else port I/O), port, tdcall, loopback (test only: no host)");
 
 /* ---- Rust side (tetd-kernel/module/rust) -------------------------------- */
-extern int tetdg_rs_init(u32 transport, u32 test_enabled, u32 require_signed);
+extern int tetdg_rs_init(u32 transport, u32 test_enabled, u32 require_signed, u32 timeout_ms);
 extern void tetdg_rs_exit(void);
 extern long tetdg_rs_ioctl(unsigned int cmd, unsigned long arg);
 extern void tetdg_rs_proc_show(void *seq);
@@ -550,7 +554,7 @@ static int __init tetdg_init(void)
 		return -EINVAL;
 	}
 
-	ret = tetdg_rs_init(tetdg_transport, test_ioctl, require_signed);
+	ret = tetdg_rs_init(tetdg_transport, test_ioctl, require_signed, timeout_ms);
 	if (ret)
 		return ret;
 	ret = misc_register(&tetdg_misc);

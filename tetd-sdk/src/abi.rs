@@ -1236,6 +1236,10 @@ pub mod ioctl {
         pub fault_rip: u64,
         /// Out: time the call took in the module (ns, including hypercalls).
         pub elapsed_ns: u64,
+        /// In: watchdog budget in ns (0 = the module's default). Enforced in
+        /// collaborative mode when an NMI reaches the vCPU after the
+        /// deadline (see docs/kernel-module.md).
+        pub timeout_ns: u64,
     }
 
     /// `UNLOAD`: remove the image holding an agent (all its agents).
@@ -1374,7 +1378,7 @@ pub mod ioctl {
     pub const TRUST: u32 = iowr(7, core::mem::size_of::<TrustRequest>());
 
     const _: () = assert!(core::mem::size_of::<LoadRequest>() == 256);
-    const _: () = assert!(core::mem::size_of::<CallRequest>() == 88);
+    const _: () = assert!(core::mem::size_of::<CallRequest>() == 96);
     const _: () = assert!(core::mem::size_of::<UnloadRequest>() == 16);
     const _: () = assert!(core::mem::size_of::<ListRequest>() == 24);
     const _: () = assert!(core::mem::size_of::<InfoRequest>() == 80);

@@ -7,7 +7,9 @@
 # exclusive and collaborative mode with the right results; panics abort the
 # call; faults inside a collaborative agent (write to code, stack overflow,
 # #UD, reading kernel memory) end only that call; bad and duplicate images are
-# refused with clear messages; /proc/tetdg_info, list, unload, rmmod work.
+# refused with clear messages; the NMI watchdog ends a looping collaborative
+# agent and NMIs that arrive earlier are re-raised; /proc/tetdg_info, list,
+# unload, rmmod, tetdctl exit work.
 #
 # What it does NOT prove: anything about the host side. With
 # transport=loopback the module answers its own hypercalls (zones are guest
@@ -105,6 +107,17 @@ contains blob-kernel-read-collab "$($T test-blob read-kernel --mode collaborativ
 check blob-kernel-read-excl "$($T test-blob read-kernel)" "result 9114559304323458412"
 contains blob-abort "$($T test-blob abort --arg 77 --mode collaborative 2>&1)" "status 77"
 contains blob-ud-exclusive-refused "$($T test-blob ud 2>&1)" "permission denied (E7)"
+# Watchdog + NMIs: the hang agent loops with interrupts masked; sysrq-l sends
+# NMIs to the other CPUs. The first (before the 4 s budget) resumes the
+# agent and is re-raised after the call; the next one (after the budget, the
+# sender waits up to 10 s for the first) ends the call with Timeout.
+( sleep 2; echo l > /proc/sysrq-trigger; sleep 1; echo l > /proc/sysrq-trigger ) &
+out=$($T call 22 --input x --mode collaborative --timeout-ms 4000 --json 2>&1)
+wait
+contains watchdog-timeout "$out" "\"status_name\":\"Timeout\""
+contains watchdog-dmesg "$(dmesg | grep watchdog)" "an NMI arrived after the 4000000000 ns budget"
+contains nmi-resumed-and-reraised "$(dmesg | grep 're-raising')" "1 NMI(s) arrived during a collaborative call"
+check alive-after-watchdog "$($T call 1 --input 'after watchdog' --mode collaborative)" "after watchdog"
 contains unload "$($T unload 22)" "unloaded 5 agent(s)"
 case "$($T list)" in *write-code*) fail list-after-unload "write-code still listed";; *) pass list-after-unload;; esac
 contains info-json "$($T info --json)" "\"agents\":2"
@@ -145,7 +158,7 @@ tr -d '\r' < "$WORK/console.log" > "$WORK/console.txt"
 passed=$(grep -c '^CHECK-PASS ' "$WORK/console.txt" || true)
 failed=$(grep -c '^CHECK-FAIL ' "$WORK/console.txt" || true)
 grep '^CHECK-' "$WORK/console.txt" || true
-expected=43 # checks in run.sh above (one CHECK line each)
+expected=47 # checks in run.sh above (one CHECK line each)
 if [ "$((passed + failed))" -ne "$expected" ]; then
     echo "guest-smoke: only $((passed + failed)) of $expected checks reported (console: $WORK/console.txt)" >&2
     failed=$((failed + expected - passed - failed))

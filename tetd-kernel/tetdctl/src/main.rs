@@ -104,6 +104,9 @@ enum Cmd {
         /// Output buffer size in bytes.
         #[arg(long, default_value_t = 65536)]
         output_max: u64,
+        /// Watchdog budget in milliseconds (collaborative mode; 0 = the module's default).
+        #[arg(long, default_value_t = 0)]
+        timeout_ms: u64,
         /// Print one JSON object (status, output as hex and text, timing, fault).
         #[arg(long)]
         json: bool,
@@ -380,6 +383,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             input_file,
             mode,
             output_max,
+            timeout_ms,
             json,
         } => {
             let dev = Dev::open(&cli.device)?;
@@ -413,6 +417,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                 fault_addr: 0,
                 fault_rip: 0,
                 elapsed_ns: 0,
+                timeout_ns: timeout_ms.saturating_mul(1_000_000),
             };
             dev.ioctl(io::CALL, &mut req)?;
             let n = (req.output_len.min(output_max)) as usize;

@@ -197,7 +197,21 @@ impl AgentSpace {
     /// The zone is reachable (VMM_ENTER window), `entry`, `frame` and
     /// `stack_top` are agent addresses mapped by this space (code RX, frame
     /// and stack RW), preemption and the FPU are handled by the caller.
-    pub unsafe fn run(&mut self, entry: u64, frame: u64, stack_top: u64) -> Result<u64, Error> {
+    pub unsafe fn run(
+        &mut self,
+        entry: u64,
+        frame: u64,
+        stack_top: u64,
+        timeout_ns: u64,
+    ) -> Result<u64, Error> {
+        // TSC deadline for the NMI watchdog (0 = none, or TSC rate unknown).
+        let khz = kapi::tsc_khz() as u64;
+        let deadline = if timeout_ns == 0 || khz == 0 {
+            0
+        } else {
+            let ticks = (timeout_ns as u128 * khz as u128 / 1_000_000).min(u64::MAX as u128) as u64;
+            rdtsc().saturating_add(ticks.max(1))
+        };
         let irq = IrqOff::new();
         // The TSS the CPU reads IST pointers from: map its page to FAKE_TSS.
         let tss = tss_base().ok_or(Error::Unsupported)?;
@@ -227,6 +241,7 @@ impl AgentSpace {
         unsafe {
             let rw = &mut *RW.get();
             rw.nmi_count = 0;
+            rw.deadline_tsc = deadline;
             let ist1 = core::ptr::addr_of!(rw.ist1) as u64 + 4096;
             let ist2 = core::ptr::addr_of!(rw.ist2) as u64 + 4096;
             let fake = &mut (*FAKE_TSS.get()).0;
@@ -254,9 +269,19 @@ impl AgentSpace {
         // caller guarantees the agent addresses (see the function contract).
         let r = unsafe { tramp::tetdg_collab_enter() };
         // SAFETY: read back after the call, interrupts still masked.
-        let nmis = unsafe { (*RW.get()).nmi_count };
+        let nmis = unsafe {
+            let rw = &mut *RW.get();
+            rw.deadline_tsc = 0;
+            rw.nmi_count
+        };
         drop(irq);
         if nmis != 0 {
+            let mut l = crate::excl::Line::new();
+            let _ = core::fmt::Write::write_fmt(
+                &mut l,
+                format_args!("{nmis} NMI(s) arrived during a collaborative call; re-raising one"),
+            );
+            kapi::log(kapi::Level::Info, l.as_str());
             kapi::raise_nmi();
         }
         Ok(r)

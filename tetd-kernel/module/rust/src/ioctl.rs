@@ -208,6 +208,11 @@ fn call_inner(r: &mut CallRequest) -> Result<(), u32> {
     if r.input_len > 0 && kapi::copy_from_user(input.as_mut_slice(), r.input).is_err() {
         return Err(Error::BadRequest as u32);
     }
+    let timeout_ns = if r.timeout_ns != 0 {
+        r.timeout_ns
+    } else {
+        state::stats().default_timeout_ms.saturating_mul(1_000_000)
+    };
     let reg = registry();
     let token = reg
         .image_of(r.agent_id)
@@ -219,10 +224,7 @@ fn call_inner(r: &mut CallRequest) -> Result<(), u32> {
         r.agent_id,
         input.as_slice(),
         output.as_mut_slice(),
-        &CallOptions {
-            mode,
-            timeout_ns: 0,
-        },
+        &CallOptions { mode, timeout_ns },
     );
     let status = match rep.status {
         Ok(()) => 0,

@@ -264,7 +264,7 @@ impl KPlatform {
             let _fpu = Fpu::begin();
             // SAFETY: the zone is reachable; entry lies in an RX segment,
             // frame and stack in RW regions the space maps (core layout).
-            unsafe { space.run(req.entry, req.frame, req.stack_top) }
+            unsafe { space.run(req.entry, req.frame, req.stack_top, req.timeout_ns) }
         };
         // SAFETY: frame page reachable; restores the core's table.
         let text = unsafe { collab::take_log(&area) };
@@ -279,6 +279,16 @@ impl KPlatform {
         match word >> 32 {
             kind::RETURNED => RunOutcome::Finished(EnterResult::Returned(code)),
             kind::ABORT => RunOutcome::Finished(EnterResult::Aborted(code)),
+            kind::TIMEOUT => {
+                let mut l = Line::new();
+                let _ = write!(
+                    l,
+                    "agent {}: watchdog: an NMI arrived after the {} ns budget; call ended",
+                    req.agent_id, req.timeout_ns
+                );
+                kapi::log(Level::Warn, l.as_str());
+                RunOutcome::Timeout
+            }
             kind::FAULT => {
                 let (vector, error, rip, cr2) = AgentSpace::last_fault();
                 let addr = if vector == 14 { cr2 } else { 0 };

@@ -74,8 +74,14 @@ mod entry {
 
     /// Module init: remember the transport, build the agent IDT.
     #[no_mangle]
-    pub extern "C" fn tetdg_rs_init(transport: u32, test_enabled: u32, require_signed: u32) -> i32 {
+    pub extern "C" fn tetdg_rs_init(
+        transport: u32,
+        test_enabled: u32,
+        require_signed: u32,
+        timeout_ms: u32,
+    ) -> i32 {
         let s = crate::state::stats();
+        s.default_timeout_ms = timeout_ms as u64;
         s.transport = transport;
         s.test_enabled = test_enabled != 0;
         s.require_signed = require_signed != 0;

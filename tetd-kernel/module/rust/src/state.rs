@@ -10,6 +10,8 @@ pub struct Stats {
     pub test_enabled: bool,
     /// Unsigned images are refused (module parameter `require_signed`).
     pub require_signed: bool,
+    /// Watchdog budget of calls that give none (module parameter, ms; 0 = none).
+    pub default_timeout_ms: u64,
     /// Calls served (test and agent calls).
     pub calls: u64,
     /// Calls ended by a fault.
@@ -24,6 +26,7 @@ static STATS: Shared<Stats> = Shared::new(Stats {
     transport: 0,
     test_enabled: false,
     require_signed: false,
+    default_timeout_ms: 0,
     calls: 0,
     faults: 0,
     zone_bytes: 0,

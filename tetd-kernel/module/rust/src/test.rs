@@ -166,7 +166,7 @@ fn call_in_zone(
         match space.as_mut() {
             // SAFETY: entry is the RX code page, frame and stack are RW pages
             // mapped by the agent space; the zone is reachable.
-            Some(s) => unsafe { s.run(entry, frame_va, stack_top)? },
+            Some(s) => unsafe { s.run(entry, frame_va, stack_top, 0)? },
             // SAFETY: entry is RX in the kernel mapping (set_prot above), the
             // frame and stack pages are RW; FPU claimed, preemption off.
             None => unsafe { excl::run(entry, frame_va, stack_top) },

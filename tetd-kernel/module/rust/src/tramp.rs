@@ -121,7 +121,10 @@ pub struct Idt(pub [u64; 512]);
 pub struct TrampRw {
     /// NMIs that arrived while an agent ran (re-raised afterwards).
     pub nmi_count: u64,
-    pad: [u64; 511],
+    /// TSC deadline of the call (0 = none): an NMI after it ends the call
+    /// with a timeout instead of resuming the agent.
+    pub deadline_tsc: u64,
+    pad: [u64; 510],
     /// IST1: exceptions.
     pub ist1: [u8; 4096],
     /// IST2: NMI.
@@ -174,7 +177,8 @@ pub static IDT: Shared<Idt> = Shared::new(Idt([0; 512]));
 /// NMI counter and IST stacks (RW for the agent).
 pub static RW: Shared<TrampRw> = Shared::new(TrampRw {
     nmi_count: 0,
-    pad: [0; 511],
+    deadline_tsc: 0,
+    pad: [0; 510],
     ist1: [0; 4096],
     ist2: [0; 4096],
 });
@@ -207,6 +211,8 @@ pub mod kind {
     pub const FAULT: u64 = 1;
     /// The agent called `abort`; low 32 bits = its code.
     pub const ABORT: u64 = 2;
+    /// The watchdog ended the call (an NMI after the deadline).
+    pub const TIMEOUT: u64 = 3;
 }
 
 core::arch::global_asm!(
@@ -232,10 +238,35 @@ core::arch::global_asm!(
     "tetdg_exc_common:",
     "    cmpq $2, (%rsp)",
     "    jne 3f",
-    // NMI (IST2): count it, resume the agent; the kernel re-raises it later.
+    // NMI (IST2). Past the call's deadline: the watchdog ends the call (the
+    // frame's RIP is redirected, then IRETQ, which also unblocks NMIs).
+    // Otherwise count it and resume the agent; the kernel re-raises it.
+    "    push %rax",
+    "    push %rdx",
+    "    push %rcx",
+    "    mov {rw}+{rw_deadline}(%rip), %rcx",
+    "    test %rcx, %rcx",
+    "    jz 12f",
+    "    rdtsc",
+    "    shl $32, %rdx",
+    "    or %rdx, %rax",
+    "    cmp %rcx, %rax",
+    "    jb 12f",
+    "    lea tetdg_collab_timeout(%rip), %rax",
+    "    mov %rax, 40(%rsp)", // 3 saved registers + vector + error code
+    "    jmp 13f",
+    "12:",
     "    lock incq {rw}+{rw_nmi}(%rip)",
+    "13:",
+    "    pop %rcx",
+    "    pop %rdx",
+    "    pop %rax",
     "    add $16, %rsp",
     "    iretq",
+    "tetdg_collab_timeout:",
+    "    mov ${k_timeout}, %eax",
+    "    shl $32, %rax",
+    "    jmp tetdg_collab_exit",
     "3:",
     "    pop %rcx",
     "    pop %rdx",
@@ -406,6 +437,7 @@ core::arch::global_asm!(
     data = sym DATA,
     rw = sym RW,
     rw_nmi = const offset_of!(TrampRw, nmi_count),
+    rw_deadline = const offset_of!(TrampRw, deadline_tsc),
     kcr3 = const offset_of!(TrampData, kernel_cr3),
     kcr4 = const offset_of!(TrampData, kernel_cr4),
     krsp = const offset_of!(TrampData, kernel_rsp),
@@ -429,6 +461,7 @@ core::arch::global_asm!(
     c_ns0 = const offset_of!(CollabCtx, ns0),
     k_fault = const kind::FAULT,
     k_abort = const kind::ABORT,
+    k_timeout = const kind::TIMEOUT,
     e_internal = const tetd::abi::Error::Internal as u32,
     e_unsupported = const tetd::abi::Error::Unsupported as u32,
     options(att_syntax)
