@@ -109,7 +109,10 @@ if [ -f tetd-kernel/tetdctl/Cargo.toml ]; then
     RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR="$ROOT/target/tetdctl-static" \
         cargo build -q -p tetdctl --release --target x86_64-unknown-linux-gnu
     cp "$ROOT/target/tetdctl-static/x86_64-unknown-linux-gnu/release/tetdctl" "$OUT/tetdctl"
-    file "$OUT/tetdctl" | grep -qE "static(-pie)? linked" || die "tetdctl is not statically linked"
+    # static (-pie): no program interpreter, no shared-library dependencies
+    if readelf -lW "$OUT/tetdctl" | grep -q "INTERP" || readelf -dW "$OUT/tetdctl" | grep -q "(NEEDED)"; then
+        die "tetdctl is not statically linked"
+    fi
 fi
 
 log "ok: $OUT/tetdg.ko ($(stat -c %s "$OUT/tetdg.ko") bytes) for Linux $KVER"
