@@ -1361,6 +1361,11 @@ pub mod ioctl {
     pub const TEST_ABORT: u32 = 5;
     /// Test blob: read kernel memory (the IDT base) — faults in collaborative mode.
     pub const TEST_READ_KERNEL: u32 = 6;
+    /// Not a blob: the module reads 8 bytes at the start of the zone of agent
+    /// `arg` *outside* any VMM_ENTER window, as a compromised guest kernel
+    /// would; `result` is what the read returned (a host that blocks zones
+    /// answers all-ones and reports a violation).
+    pub const TEST_PEEK_ZONE: u32 = 7;
 
     /// ioctl numbers.
     pub const LOAD: u32 = iowr(1, core::mem::size_of::<LoadRequest>());

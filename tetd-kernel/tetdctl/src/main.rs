@@ -60,6 +60,9 @@ enum TestKind {
     ReadKernel,
     /// call the abort service with code ARG
     Abort,
+    /// not a blob: the module reads agent ARG's zone outside a call window
+    /// (as a compromised kernel would); prints what the read returned
+    PeekZone,
 }
 
 impl TestKind {
@@ -71,6 +74,7 @@ impl TestKind {
             TestKind::ReadUnmapped => io::TEST_READ_UNMAPPED,
             TestKind::ReadKernel => io::TEST_READ_KERNEL,
             TestKind::Abort => io::TEST_ABORT,
+            TestKind::PeekZone => io::TEST_PEEK_ZONE,
         }
     }
 }
@@ -562,6 +566,8 @@ fn run(cli: Cli) -> Result<(), Fail> {
                         "result": req.result, "fault_vector": req.fault_vector,
                         "fault_addr": req.fault_addr, "fault_rip": req.fault_rip})
                 );
+            } else if req.status == 0 && matches!(kind, TestKind::PeekZone) {
+                println!("zone read {:#018x}", req.result);
             } else if req.status == 0 {
                 println!("result {}", req.result);
             } else if req.status == Error::Fault as u32 {

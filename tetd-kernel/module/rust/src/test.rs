@@ -57,6 +57,9 @@ pub fn run(req: &mut TestRequest) {
 }
 
 fn run_inner(req: &mut TestRequest) -> Result<u32, Error> {
+    if req.kind == tetd::abi::ioctl::TEST_PEEK_ZONE {
+        return peek_zone(req);
+    }
     let Some(mode) = Mode::from_u32(req.mode) else {
         return Err(Error::BadRequest);
     };
@@ -76,6 +79,27 @@ fn run_inner(req: &mut TestRequest) -> Result<u32, Error> {
     let status = r?;
     d?;
     Ok(status)
+}
+
+/// Read the first 8 bytes of agent `req.arg`'s zone with no window open.
+fn peek_zone(req: &mut TestRequest) -> Result<u32, Error> {
+    let id = u32::try_from(req.arg).map_err(|_| Error::BadRequest)?;
+    let img = crate::ioctl::registry()
+        .image_of(id)
+        .ok_or(Error::NotFound)?;
+    let va = img.zone().view;
+    // SAFETY: the zone mapping exists while the image is loaded (module
+    // mutex held); with the zone blocked the access exits to the host, which
+    // answers it (all-ones) instead of faulting the guest.
+    req.result = unsafe { core::ptr::read_volatile(va as *const u64) };
+    let mut l = Line::new();
+    let _ = write!(
+        l,
+        "TEST peek-zone: read {:#x} from agent {id}'s zone outside any window",
+        req.result
+    );
+    kapi::log(Level::Warn, l.as_str());
+    Ok(0)
 }
 
 fn call_in_zone(
