@@ -25,7 +25,7 @@ use tetd::abi::{Error as AbiError, HostAgentState, Leaf, PAGE_SIZE, ZONE_GPA_BAS
 use tetd_kvm::hv::{
     run_guest, select_engine, Engine, EngineChoice, QemuSeam, TetdHandler, TetdOptions,
 };
-use tetd_kvm::qemu::{qemu_binary, run_qemu};
+use tetd_kvm::qemu::{qemu_binary, run_qemu, QemuVm};
 use tetd_kvm::rtmr::extend_value;
 use tetd_kvm::vmm::initramfs::{build_busybox_initramfs, InitramfsSpec};
 use tetd_kvm::vmm::{GuestKernel, StatusSource, VmConfig, VmExit};
@@ -110,6 +110,11 @@ taskset -c 1 $P hc 6 3 @meas
 taskset -c 1 $P garbage 8 9
 taskset -c 0 $P hc 4 9
 taskset -c 0 $P peek $gpa
+out=$(taskset -c 0 $P hc 1 10 1 0 0); echo "$out"
+gpa10=$(echo "$out" | sed -n 's/.*R11=\(0x[0-9a-f]*\).*/\1/p')
+taskset -c 0 $P hc 2 10 0
+taskset -c 0 $P poke $gpa10 0xfeedface
+taskset -c 0 $P hc 3 10 0 0
 taskset -c 0 $P hc 8 9 0 0 0 0x1234
 $P exit 7
 echo "probe: not reached"
@@ -195,10 +200,10 @@ fn uart_hypercalls_reach_tetd_h() {
     // What the guest printed is what TETD-H recorded, call by call.
     let printed = printed_answers(&console);
     let recorded: Vec<_> = h.calls().copied().collect();
-    assert_eq!(printed.len(), 8, "{console}");
+    assert_eq!(printed.len(), 11, "{console}");
     assert_eq!(
         recorded.len(),
-        7,
+        10,
         "the wrong-vendor call never reaches TETD-H"
     );
     for (i, (p, r)) in printed.iter().zip(&recorded).enumerate() {
@@ -226,6 +231,9 @@ fn uart_hypercalls_reach_tetd_h() {
             l(Leaf::RtmrExtend),
             l(Leaf::AgentQuery),
             l(Leaf::AgentDisable),
+            l(Leaf::AgentAccess),
+            l(Leaf::VmmEnter),
+            l(Leaf::VmmResume),
         ]
     );
     assert_eq!(printed[0].1[0], AbiError::UnknownAgent.code() as u64);
@@ -238,8 +246,8 @@ fn uart_hypercalls_reach_tetd_h() {
     assert_eq!(recorded[5].vcpu, 1);
     assert_eq!(printed[5].1, [0, HostAgentState::Idle as u64, 1, 0]);
     // Wrong vendor: refused by the transport.
-    assert_eq!(printed[7].1[0], AbiError::InvalidArgument.code() as u64);
-    assert_eq!(out.stats.hypercalls, 8);
+    assert_eq!(printed[10].1[0], AbiError::InvalidArgument.code() as u64);
+    assert_eq!(out.stats.hypercalls, 11);
 
     // Guest memory passed by GPA was read from guest RAM.
     let a = h.td().agent(9).unwrap();
@@ -261,8 +269,15 @@ fn uart_hypercalls_reach_tetd_h() {
         "the QEMU engine cannot trap accesses"
     );
     assert!(!h.report().enforces_blocking);
+    // The guest's write into agent 10's zone is in TETD-H's pool, at the
+    // zone's host address: one memory, seen from both sides.
+    let (_, z10) = h.td().zones().find(|(id, _)| *id == 10).unwrap();
+    assert_eq!(z10.gpa, printed[7].1[1]);
     let pool = h.td().pool().lock().unwrap();
-    assert_eq!(pool.allocator().free_pages(), pool.pages());
+    let mut word = [0u8; 8];
+    pool.read(z10.host_addr(), &mut word).unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0xfeedface);
+    assert_eq!(pool.allocator().free_pages(), pool.pages() - 1);
     assert_eq!(h.td().seam_trouble().errors, 0);
     h.td().seam().model().check_consistency().unwrap();
 }
@@ -302,6 +317,63 @@ fn timeout_kills_qemu() {
         "{:?}",
         run.outcome.elapsed
     );
+}
+
+#[test]
+fn stop_kills_qemu() {
+    let test = "stop_kills_qemu";
+    let Some(config) = guest(test, "sleep 3600\n", false) else {
+        return;
+    };
+    let vm = QemuVm::new(config).unwrap();
+    let handle = vm.handle();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        handle.stop();
+    });
+    let h = TetdHandler::qemu(&TetdOptions::default()).unwrap();
+    let (out, _) = vm.run(h).unwrap();
+    stopper.join().unwrap();
+    assert_eq!(out.exit, VmExit::Stopped);
+    assert!(out.elapsed < Duration::from_secs(20), "{:?}", out.elapsed);
+}
+
+#[test]
+fn bad_configuration_is_refused() {
+    if qemu_binary().is_err() {
+        vmm_common::skip("bad_configuration_is_refused", "no qemu-system-x86_64");
+        return;
+    }
+    let dir = vmm_common::scratch();
+    let k = dir.join("qemu-bad-kernel");
+    std::fs::write(&k, b"not a kernel").unwrap();
+    let mut c = VmConfig::new(&k, None);
+    c.mem_mib = 3072;
+    let e = QemuVm::new(c.clone()).err().expect("too much RAM accepted");
+    assert!(e.to_string().contains("at most 2048"), "{e}");
+    // QEMU refuses the kernel: a VMM error with QEMU's message, not a status.
+    c.mem_mib = 128;
+    c.timeout = Duration::from_secs(60);
+    let h = TetdHandler::qemu(&TetdOptions::default()).unwrap();
+    let (out, _) = run_qemu(c, h).unwrap();
+    match out.exit {
+        VmExit::Error(m) => assert!(m.contains("QEMU exited with status 1"), "{m}"),
+        other => panic!("junk kernel: {other}"),
+    }
+    // The KVM engine's pool is not a shared file: refused clearly.
+    let mut c = VmConfig::new(&k, None);
+    c.mem_mib = 128;
+    let h = TetdHandler::<QemuSeam>::new(tetd_kvm::TdState::new(
+        1,
+        QemuSeam::new(0),
+        std::sync::Arc::new(std::sync::Mutex::new(
+            tetd_kvm::zone_alloc::HostPool::new(16).unwrap(),
+        )),
+        std::sync::Arc::new(tetd_kvm::notify::Notifier::new()),
+        Default::default(),
+    ));
+    let e = run_qemu(c, h).expect_err("small pool accepted");
+    assert!(e.to_string().contains("zone window"), "{e}");
 }
 
 #[test]

@@ -29,7 +29,7 @@ enum Cmd {
     /// Boot a kernel with an initramfs and TETD-H answering its hypercalls;
     /// the exit code is the guest's exit status.
     Boot {
-        /// Linux kernel: the vmlinux or bzImage under build/guest/kernel-<ver>/boot/.
+        /// Linux kernel: the vmlinux or bzImage under build/guest/kernel-VERSION/boot/.
         #[arg(long)]
         kernel: PathBuf,
         /// kvm (the project's KVM VMM, zone blocking enforced), qemu

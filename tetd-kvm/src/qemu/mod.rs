@@ -18,7 +18,7 @@
 //!   must not use the DIMM as RAM: the engine appends `acpi_no_memhotplug`
 //!   to the command line (Linux' ACPI memory-device driver then does not add
 //!   it; `tests/qemu_engine.rs` checks that `/proc/iomem` has nothing there
-//!   and that `/dev/mem` reaches it, as on the KVM engine);
+//!   and that guest `/dev/mem` accesses and the pool are the same memory);
 //! * console: COM1 (`0x3f8`, IRQ 4) on QEMU's stdout, captured like the KVM
 //!   engine's console and optionally echoed;
 //! * hypercalls ("uart transport", [`tetd::abi::uart`]): a second 16550 at
@@ -524,7 +524,7 @@ mod tests {
     }
 
     #[test]
-    fn cmdline_gets_the_memhotplug_switch_once() {
+    fn cmdline_gets_the_extra_switches_once() {
         let dir = std::env::temp_dir();
         let mut c = VmConfig::new(dir.join("k"), None);
         c.cmdline = "console=ttyS0".into();
@@ -533,13 +533,13 @@ mod tests {
             qemu: "qemu".into(),
             handle: QemuHandle::default(),
         };
-        assert_eq!(vm.cmdline(), "console=ttyS0 acpi_no_memhotplug");
+        assert_eq!(vm.cmdline(), "console=ttyS0 acpi_no_memhotplug pnpacpi=off");
         c.cmdline = "acpi_no_memhotplug console=ttyS0".into();
         let vm = QemuVm {
             config: c,
             qemu: "qemu".into(),
             handle: QemuHandle::default(),
         };
-        assert_eq!(vm.cmdline(), "acpi_no_memhotplug console=ttyS0");
+        assert_eq!(vm.cmdline(), "acpi_no_memhotplug console=ttyS0 pnpacpi=off");
     }
 }

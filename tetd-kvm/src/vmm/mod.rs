@@ -26,11 +26,20 @@
 //! is a triple fault, i.e. `KVM_EXIT_SHUTDOWN`).
 //!
 //! # Zones
-//! [`VmMemoryControl`] lets the handler install host memory as KVM memory
-//! slots inside the zone window ([`tetd::abi::ZONE_GPA_BASE`]) and take it
-//! away again. A guest access to a removed slot exits as `KVM_EXIT_MMIO`; the
-//! VMM reports it as a [`Violation`], answers reads with all-ones, drops
-//! writes and keeps the guest running.
+//! [`VmMemoryControl`] lets the handler install zone-pool memory (TETD-H's
+//! [`crate::zone_alloc::HostPool`], the one home of zone memory) as KVM
+//! memory slots inside the zone window ([`tetd::abi::ZONE_GPA_BASE`]) and
+//! take it away again. A guest access to a removed slot exits as
+//! `KVM_EXIT_MMIO`; the VMM reports it as a [`Violation`], answers reads
+//! with all-ones, drops writes and keeps the guest running.
+//!
+//! # TETD-H
+//! [`crate::hv::TetdHandler`] with [`crate::hv::KvmSeam`] is the
+//! [`HypercallHandler`] that attaches TETD-H: hypercalls go to its
+//! `TdState`, violations are counted against the agent whose zone was hit,
+//! and the zone slots follow the TDX model (BLOCK = slot deleted). Where this
+//! VMM cannot boot the guest kernel, [`crate::qemu`] runs it under QEMU/TCG
+//! with the same handler (`docs/engines.md`).
 //!
 //! # Kicks
 //! [`VmHandle::kick`] forces a vCPU out of `KVM_RUN` from any thread; the
