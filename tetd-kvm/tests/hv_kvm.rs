@@ -201,3 +201,57 @@ fn run_guest_on_the_kvm_engine() {
     let sel = select_engine(EngineChoice::Kvm).unwrap();
     assert_eq!(sel.engine, Engine::Kvm);
 }
+
+#[test]
+fn teardown_of_a_running_agent_takes_the_slot_away() {
+    let test = "teardown_of_a_running_agent_takes_the_slot_away";
+    if vmm_common::skip_without_kvm(test) {
+        return;
+    }
+    let elf = match vmm_common::build_micro(test, "TETD_OPEN") {
+        Ok(e) => e,
+        Err(e) => {
+            vmm_common::skip(test, &format!("cannot build micro guest: {e}"));
+            return;
+        }
+    };
+    let mut config = VmConfig::new(elf, None);
+    config.timeout = Duration::from_secs(30);
+    let opts = TetdOptions {
+        pool_pages: 16,
+        ..TetdOptions::default()
+    };
+    let (out, mut h) = run_vm(config, TetdHandler::kvm(&opts).unwrap()).unwrap();
+    assert_eq!(out.status(), Some(0), "{}", out.exit);
+    let gpa = reports(&h)[0][0];
+    // The call is still open: the zone is mapped (a live KVM slot over the
+    // pool) and holds what the guest wrote.
+    let (id, zone) = h.td().zone_at(gpa).unwrap();
+    assert_eq!(id, 6);
+    assert!(h.td().seam().zone_present(gpa));
+    assert_eq!(
+        h.td().agent(6).unwrap().state,
+        AgentState::Running { vcpu: 0 }
+    );
+    let mut word = [0u8; 8];
+    h.td()
+        .pool()
+        .lock()
+        .unwrap()
+        .read(zone.host_addr() + 2 * 4096, &mut word)
+        .unwrap();
+    assert_eq!(u64::from_le_bytes(word), 0x600d);
+    // Host-side teardown (per-page BLOCK, TRACK, REMOVE) on the real VM's
+    // slots: the slot goes, the pages are scrubbed and back in the pool.
+    h.vcpus_stopped(1);
+    h.td_mut().teardown().unwrap();
+    assert!(!h.td().seam().zone_present(gpa));
+    assert_eq!(h.td().seam().model().page_count(), 0);
+    assert_eq!(h.td().agent(6).unwrap().state, AgentState::Disabled);
+    let mut pool = h.td().pool().lock().unwrap();
+    assert_eq!(pool.allocator().free_pages(), 16);
+    let r = pool.alloc(3).unwrap();
+    assert_eq!(r.host_addr, zone.host_addr());
+    pool.read(r.host_addr + 2 * 4096, &mut word).unwrap();
+    assert_eq!(word, [0; 8], "scrubbed");
+}

@@ -23,6 +23,9 @@
  *             and write it (blocked), VMM_ENTER + read both words + VMM_RESUME,
  *             RTMR_EXTEND, AGENT_QUERY, AGENT_DISABLE, read the removed zone;
  *             every result goes to the host with a REPORT call; exit 0
+ *   TETD_OPEN AGENT_ACCESS (agent 6, 3 pages), VMM_ENTER, write the zone,
+ *             report its GPA and exit 0 with the call still open (the host
+ *             then tears the running agent down)
  */
         .intel_syntax noprefix
 
@@ -210,6 +213,16 @@ measurement:                            /* 48 bytes: i * 7 + 1 */
         .byte   (i * 7 + 1) & 0xff
         .set    i, i + 1
         .endr
+
+#elif defined(SCENARIO_TETD_OPEN)
+        TCALL   AGENT_ACCESS, 6, 3, 0, 0
+        mov     rbx, r11
+        TCALL   VMM_ENTER, 6, 0, 0, 0
+        mov     rcx, 0x600d
+        mov     [rbx + 2 * 4096], rcx   /* last page of the zone */
+        mov     rax, rbx
+        REPORT_RAX
+        EXIT    0
 
 #else
 #error "define one SCENARIO_*"
