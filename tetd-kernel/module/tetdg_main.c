@@ -60,7 +60,7 @@ MODULE_PARM_DESC(require_signed, "refuse unsigned images");
 
 static char *transport = "auto";
 module_param(transport, charp, 0444);
-MODULE_PARM_DESC(transport, "hypercall transport: auto (TDCALL in a TD, else port I/O), port, tdcall, loopback (test only: no host)");
+MODULE_PARM_DESC(transport, "hypercall transport: auto (TDCALL in a TD, else the hypercall UART if present, else port I/O), port, uart, tdcall, loopback (test only: no host)");
 
 /* ---- Rust side (tetd-kernel/module/rust) -------------------------------- */
 extern int tetdg_rs_init(u32 transport, u32 test_enabled, u32 require_signed, u32 timeout_ms);
@@ -70,8 +70,11 @@ extern void tetdg_rs_proc_show(void *seq);
 
 static DEFINE_MUTEX(tetdg_lock);
 
-/* tetd::abi::ioctl::TRANSPORT_* */
-enum { TRANSPORT_PORT = 0, TRANSPORT_TDCALL = 1, TRANSPORT_LOOPBACK = 2 };
+/* tetd::abi::ioctl::TRANSPORT_*; AUTO_NOT_TD lets Rust probe for the UART */
+enum {
+	TRANSPORT_PORT = 0, TRANSPORT_TDCALL = 1, TRANSPORT_LOOPBACK = 2, TRANSPORT_UART = 3,
+	TRANSPORT_AUTO_NOT_TD = 255,
+};
 static u32 tetdg_transport = TRANSPORT_PORT;
 
 /* ---- helpers called from Rust ------------------------------------------- */
@@ -543,10 +546,12 @@ static int __init tetdg_init(void)
 		tetdg_transport = TRANSPORT_PORT;
 	else if (!strcmp(transport, "loopback"))
 		tetdg_transport = TRANSPORT_LOOPBACK;
+	else if (!strcmp(transport, "uart"))
+		tetdg_transport = TRANSPORT_UART;
 	else if (!strcmp(transport, "auto"))
-		tetdg_transport = td ? TRANSPORT_TDCALL : TRANSPORT_PORT;
+		tetdg_transport = td ? TRANSPORT_TDCALL : TRANSPORT_AUTO_NOT_TD;
 	else {
-		pr_err("tetdg: transport=%s: expected auto, port, tdcall or loopback\n", transport);
+		pr_err("tetdg: transport=%s: expected auto, port, uart, tdcall or loopback\n", transport);
 		return -EINVAL;
 	}
 	if (tetdg_transport == TRANSPORT_TDCALL && !td) {
@@ -568,10 +573,7 @@ static int __init tetdg_init(void)
 		tetdg_rs_exit();
 		return -ENOMEM;
 	}
-	pr_info("tetdg: loaded (transport %s%s)\n",
-		tetdg_transport == TRANSPORT_TDCALL ? "tdcall" :
-		tetdg_transport == TRANSPORT_LOOPBACK ? "loopback (TEST ONLY: no host)" : "port-io",
-		test_ioctl ? ", TEST ioctl enabled" : "");
+	pr_info("tetdg: loaded%s\n", test_ioctl ? " (TEST ioctl enabled)" : "");
 	return 0;
 }
 

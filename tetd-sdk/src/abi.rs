@@ -1279,6 +1279,9 @@ pub mod ioctl {
     /// [`InfoRequest::transport`]: test only, the module answers its own
     /// hypercalls with zones from guest RAM (no host, nothing blocked).
     pub const TRANSPORT_LOOPBACK: u32 = 2;
+    /// [`InfoRequest::transport`]: request/answer frames through the
+    /// hypercall UART ([`super::uart`]; the host's QEMU/TCG engine).
+    pub const TRANSPORT_UART: u32 = 3;
 
     /// `INFO`: facts about the module.
     #[repr(C)]

@@ -306,6 +306,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
                     "transport": match r.transport {
                         io::TRANSPORT_TDCALL => "tdcall",
                         io::TRANSPORT_LOOPBACK => "loopback",
+                        io::TRANSPORT_UART => "uart",
                         _ => "port-io",
                     },
                     "images": r.images, "agents": r.agents, "zone_bytes": r.zone_bytes,

@@ -35,6 +35,8 @@ mod testblob;
 #[cfg(target_os = "none")]
 mod tramp;
 #[cfg(target_os = "none")]
+mod uart;
+#[cfg(target_os = "none")]
 mod zone;
 
 /// Name of a `tetd::abi::ioctl::TRANSPORT_*` value.
@@ -43,6 +45,7 @@ pub fn transport_name(t: u32) -> &'static str {
         tetd::abi::ioctl::TRANSPORT_PORT => "port-io",
         tetd::abi::ioctl::TRANSPORT_TDCALL => "tdcall",
         tetd::abi::ioctl::TRANSPORT_LOOPBACK => "loopback (test only: no host, zones in guest RAM)",
+        tetd::abi::ioctl::TRANSPORT_UART => "uart",
         _ => "unknown",
     }
 }
@@ -72,7 +75,10 @@ mod entry {
         assert!(E::TableFull as u32 == 301);
     };
 
-    /// Module init: remember the transport, build the agent IDT.
+    /// `transport` value of tetdg_main.c for "auto" outside a TD.
+    const TRANSPORT_AUTO_NOT_TD: u32 = 255;
+
+    /// Module init: resolve and remember the transport, build the agent IDT.
     #[no_mangle]
     pub extern "C" fn tetdg_rs_init(
         transport: u32,
@@ -82,7 +88,23 @@ mod entry {
     ) -> i32 {
         let s = crate::state::stats();
         s.default_timeout_ms = timeout_ms as u64;
+        // "auto" outside a TD: the hypercall UART if one answers, else port I/O.
+        let transport = match transport {
+            TRANSPORT_AUTO_NOT_TD if crate::uart::probe() => tetd::abi::ioctl::TRANSPORT_UART,
+            TRANSPORT_AUTO_NOT_TD => tetd::abi::ioctl::TRANSPORT_PORT,
+            t => t,
+        };
+        if transport == tetd::abi::ioctl::TRANSPORT_UART {
+            crate::uart::init();
+        }
         s.transport = transport;
+        let mut l = Line::new();
+        let _ = write!(
+            l,
+            "hypercall transport: {}",
+            crate::transport_name(transport)
+        );
+        kapi::log(Level::Info, l.as_str());
         s.test_enabled = test_enabled != 0;
         s.require_signed = require_signed != 0;
         crate::collab::init_idt();

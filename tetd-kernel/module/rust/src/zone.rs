@@ -21,6 +21,13 @@ pub fn hypercall(leaf: Leaf, args: [u64; 4]) -> Result<[u64; 3], Error> {
             Err(_) => Err(Error::Transport),
         };
     }
+    if state::stats().transport == tetd::abi::ioctl::TRANSPORT_UART {
+        let a = tetd::abi::regs::HypercallArgs {
+            leaf: leaf as u64,
+            args,
+        };
+        return crate::uart::hypercall(a)?.into_result();
+    }
     match kapi::hypercall(TETD_VMCALL_VENDOR, leaf as u64, args) {
         Ok((status, results)) => {
             if status == TETD_VMCALL_VENDOR {
