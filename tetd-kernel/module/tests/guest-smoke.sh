@@ -16,11 +16,18 @@
 # RAM, nothing is blocked). The end-to-end tests under the project's KVM VMM
 # cover the host (port transport, blocking, violations).
 #
-# Usage: tetd-kernel/module/tests/guest-smoke.sh   (prints "N passed, M failed")
+# With --vmm the same checks run under the project's VMM (`tetd-vmm boot`)
+# with TETD-H answering the hypercalls (uart transport on its QEMU/TCG engine,
+# port I/O on its KVM engine): then the host side runs too (AGENT_ACCESS,
+# windows, AGENT_FAULT, RTMR_EXTEND, AGENT_DISABLE, exit port).
+#
+# Usage: tetd-kernel/module/tests/guest-smoke.sh [--vmm]   (prints "N passed, M failed")
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$ROOT"
-WORK="$ROOT/build/guest-smoke"
+MODE=qemu
+[ "${1:-}" = "--vmm" ] && MODE=vmm
+WORK="$ROOT/build/guest-smoke-$MODE"
 mkdir -p "$WORK"
 
 die() { echo "guest-smoke: error: $*" >&2; exit 2; }
@@ -64,8 +71,8 @@ check() { # name, actual, expected
 contains() { # name, text, needle
     case "$2" in *"$3"*) pass "$1";; *) fail "$1" "[$2] lacks [$3]";; esac
 }
-insmod /tetd/tetdg.ko test_ioctl=1 transport=loopback && pass insmod || { fail insmod "rc $?"; exit 1; }
-contains proc-module "$(cat /proc/tetdg_info)" "module: transport loopback"
+insmod /tetd/tetdg.ko test_ioctl=1 @TRANSPORT@ && pass insmod || { fail insmod "rc $?"; exit 1; }
+contains proc-module "$(cat /proc/tetdg_info)" "module: transport @TRANSPORT_NAME@"
 contains load-echo "$($T load /tetd/echo.tetd 2>&1)" "1 agent(s): 1"
 contains signed-untrusted "$($T load /tetd/sha256.tetd 2>&1)" "(E111)"
 contains trust-bad "$($T trust /tetd/bad.list 2>&1)" "line 1"
@@ -134,6 +141,11 @@ echo "exit-port: tetdctl exit returned $?"
 EOF
 
 sed -i "s/@RTMR@/$RTMR/" "$WORK/run.sh"
+if [ "$MODE" = qemu ]; then
+    sed -i "s/@TRANSPORT@/transport=loopback/; s/@TRANSPORT_NAME@/loopback/" "$WORK/run.sh"
+else
+    sed -i "s/@TRANSPORT@//; s/@TRANSPORT_NAME@//" "$WORK/run.sh"
+fi
 
 ./target/debug/tetd-vmm initramfs -o "$WORK/initrd.cpio" \
     --file build/module/tetdg.ko:/tetd/tetdg.ko \
@@ -146,16 +158,24 @@ sed -i "s/@RTMR@/$RTMR/" "$WORK/run.sh"
     --file "$WORK/allow.list:/tetd/allow.list" \
     --file "$WORK/bad.list:/tetd/bad.list" >/dev/null
 
-echo "guest-smoke: booting Linux $KVER under QEMU (TCG), 2 vCPUs" >&2
 qrc=0
-timeout 600 qemu-system-x86_64 -machine q35 -cpu max -m 512 -smp 2 -nographic -no-reboot \
-    -device isa-debug-exit,iobase=0xe44,iosize=1 \
-    -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
-    -append "console=ttyS0 panic=-1 quiet" > "$WORK/console.log" 2>&1 || qrc=$?
-if [ "$qrc" -eq 11 ]; then
+if [ "$MODE" = qemu ]; then
+    echo "guest-smoke: booting Linux $KVER under QEMU (TCG), 2 vCPUs, loopback transport" >&2
+    timeout 600 qemu-system-x86_64 -machine q35 -cpu max -m 512 -smp 2 -nographic -no-reboot \
+        -device isa-debug-exit,iobase=0xe44,iosize=1 \
+        -kernel "$KERNEL" -initrd "$WORK/initrd.cpio" \
+        -append "console=ttyS0 panic=-1 quiet" > "$WORK/console.log" 2>&1 || qrc=$?
+    want=11 # isa-debug-exit: (5 << 1) | 1
+else
+    echo "guest-smoke: booting Linux $KVER under tetd-vmm (TETD-H attached), 2 vCPUs" >&2
+    timeout 600 ./target/debug/tetd-vmm boot --kernel "$KERNEL" --initrd "$WORK/initrd.cpio" \
+        --vcpus 2 --mem 512 --timeout 550 > "$WORK/console.log" 2>&1 || qrc=$?
+    want=5
+fi
+if [ "$qrc" -eq "$want" ]; then
     echo "CHECK-PASS exit-port" >> "$WORK/console.log"
 else
-    echo "CHECK-FAIL exit-port: QEMU exit status $qrc, want 11 (tetdctl exit 5)" >> "$WORK/console.log"
+    echo "CHECK-FAIL exit-port: exit status $qrc, want $want (tetdctl exit 5)" >> "$WORK/console.log"
 fi
 
 tr -d '\r' < "$WORK/console.log" > "$WORK/console.txt"
