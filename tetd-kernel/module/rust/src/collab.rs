@@ -241,7 +241,6 @@ impl AgentSpace {
         unsafe {
             let rw = &mut *RW.get();
             rw.nmi_count = 0;
-            rw.deadline_tsc = deadline;
             let ist1 = core::ptr::addr_of!(rw.ist1) as u64 + 4096;
             let ist2 = core::ptr::addr_of!(rw.ist2) as u64 + 4096;
             let fake = &mut (*FAKE_TSS.get()).0;
@@ -264,15 +263,15 @@ impl AgentSpace {
             d.fault_error = 0;
             d.fault_rip = 0;
             d.fault_cr2 = 0;
+            d.deadline_tsc = deadline;
         }
         // SAFETY: everything the trampoline reads was set up above; the
         // caller guarantees the agent addresses (see the function contract).
         let r = unsafe { tramp::tetdg_collab_enter() };
         // SAFETY: read back after the call, interrupts still masked.
         let nmis = unsafe {
-            let rw = &mut *RW.get();
-            rw.deadline_tsc = 0;
-            rw.nmi_count
+            (*DATA.get()).deadline_tsc = 0;
+            (*RW.get()).nmi_count
         };
         drop(irq);
         if nmis != 0 {

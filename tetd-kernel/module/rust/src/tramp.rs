@@ -96,7 +96,10 @@ pub struct TrampData {
     pub fault_rip: u64,
     /// CR2 at the fault.
     pub fault_cr2: u64,
-    reserved: u64,
+    /// TSC deadline of the call (0 = none): an NMI after it ends the call
+    /// with a timeout instead of resuming the agent. In this read-only page
+    /// so the agent cannot move it.
+    pub deadline_tsc: u64,
     /// Kernel GDTR.
     pub kernel_gdtr: DescPtr,
     /// Kernel IDTR.
@@ -121,10 +124,7 @@ pub struct Idt(pub [u64; 512]);
 pub struct TrampRw {
     /// NMIs that arrived while an agent ran (re-raised afterwards).
     pub nmi_count: u64,
-    /// TSC deadline of the call (0 = none): an NMI after it ends the call
-    /// with a timeout instead of resuming the agent.
-    pub deadline_tsc: u64,
-    pad: [u64; 510],
+    pad: [u64; 511],
     /// IST1: exceptions.
     pub ist1: [u8; 4096],
     /// IST2: NMI.
@@ -149,7 +149,7 @@ pub static DATA: Shared<TrampData> = Shared::new(TrampData {
     fault_error: 0,
     fault_rip: 0,
     fault_cr2: 0,
-    reserved: 0,
+    deadline_tsc: 0,
     kernel_gdtr: DescPtr {
         pad: [0; 3],
         limit: 0,
@@ -177,8 +177,7 @@ pub static IDT: Shared<Idt> = Shared::new(Idt([0; 512]));
 /// NMI counter and IST stacks (RW for the agent).
 pub static RW: Shared<TrampRw> = Shared::new(TrampRw {
     nmi_count: 0,
-    deadline_tsc: 0,
-    pad: [0; 510],
+    pad: [0; 511],
     ist1: [0; 4096],
     ist2: [0; 4096],
 });
@@ -244,7 +243,7 @@ core::arch::global_asm!(
     "    push %rax",
     "    push %rdx",
     "    push %rcx",
-    "    mov {rw}+{rw_deadline}(%rip), %rcx",
+    "    mov {data}+{deadline}(%rip), %rcx",
     "    test %rcx, %rcx",
     "    jz 12f",
     "    rdtsc",
@@ -437,7 +436,7 @@ core::arch::global_asm!(
     data = sym DATA,
     rw = sym RW,
     rw_nmi = const offset_of!(TrampRw, nmi_count),
-    rw_deadline = const offset_of!(TrampRw, deadline_tsc),
+    deadline = const offset_of!(TrampData, deadline_tsc),
     kcr3 = const offset_of!(TrampData, kernel_cr3),
     kcr4 = const offset_of!(TrampData, kernel_cr4),
     krsp = const offset_of!(TrampData, kernel_rsp),
