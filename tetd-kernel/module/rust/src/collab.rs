@@ -337,7 +337,11 @@ pub unsafe fn install_services(area: &ServicesArea) {
         size: core::mem::size_of::<tetd::abi::Services>() as u32,
         ctx: area.ctx as *mut core::ffi::c_void,
         log: tramp::tetdg_cs_log,
-        random: tramp::tetdg_cs_random,
+        random: if has_rdrand() {
+            tramp::tetdg_cs_random
+        } else {
+            tramp::tetdg_cs_random_unsupported
+        },
         time_ns: tramp::tetdg_cs_time,
         abort: tramp::tetdg_cs_abort,
         register_entry: tramp::tetdg_cs_register_entry,
@@ -362,6 +366,12 @@ pub unsafe fn take_log<'a>(area: &ServicesArea) -> &'a [u8] {
         let n = ctx.log_len.min(area.log_cap);
         core::slice::from_raw_parts(area.log as *const u8, n as usize)
     }
+}
+
+fn has_rdrand() -> bool {
+    // CPUID.01H:ECX.RDRAND[bit 30]
+    let r = core::arch::x86_64::__cpuid(1);
+    r.ecx & (1 << 30) != 0
 }
 
 fn rdtsc() -> u64 {

@@ -425,8 +425,10 @@ core::arch::global_asm!(
     // u32 register_entry(...) / admin(...): not available inside the zone
     ".globl tetdg_cs_register_entry",
     ".globl tetdg_cs_admin",
+    ".globl tetdg_cs_random_unsupported",
     "tetdg_cs_register_entry:",
     "tetdg_cs_admin:",
+    "tetdg_cs_random_unsupported:",
     "    mov ${e_unsupported}, %eax",
     "    ret",
     ".balign 4096",
@@ -477,6 +479,12 @@ extern "C" {
     pub fn tetdg_cs_log(ctx: *mut core::ffi::c_void, msg: *const u8, len: usize);
     /// RDRAND-based random.
     pub fn tetdg_cs_random(ctx: *mut core::ffi::c_void, buf: *mut u8, len: usize) -> u32;
+    /// `random` on a CPU without RDRAND: answers `Unsupported`.
+    pub fn tetdg_cs_random_unsupported(
+        ctx: *mut core::ffi::c_void,
+        buf: *mut u8,
+        len: usize,
+    ) -> u32;
     /// TSC-based time.
     pub fn tetdg_cs_time(ctx: *mut core::ffi::c_void) -> u64;
     /// Abort through the exit path.
