@@ -303,3 +303,73 @@ fn gnu_ld_links_working_images_too() {
     assert_eq!(status, 0);
     assert_eq!(digest, Sha256::digest(b"linked by GNU ld").to_vec());
 }
+
+/// `build --sign KEY` produces a signed image in one step: it verifies
+/// against the key's public half, its measurement equals an unsigned build
+/// of the same crate, and a bad key path fails before anything is built.
+#[test]
+fn build_with_sign_produces_a_verifying_signed_image() {
+    let dir = scratch().join("build-sign");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("signer.pk8");
+    tetd_pack(&[
+        "keygen".as_ref(),
+        "-o".as_ref(),
+        key.as_os_str(),
+        "--force".as_ref(),
+    ])
+    .expect_code(0);
+    let signed = dir.join("echo-signed.tetd");
+    build(
+        &root().join("examples/echo"),
+        &signed,
+        &["-q", "--sign", key.to_str().unwrap()],
+    )
+    .expect_code(0);
+
+    let pubfile = dir.join("signer.pub");
+    let v = tetd_pack(&[
+        "verify".as_ref(),
+        signed.as_os_str(),
+        "--pubkey".as_ref(),
+        pubfile.as_os_str(),
+    ]);
+    v.expect_code(0);
+
+    let bytes = std::fs::read(&signed).unwrap();
+    let img = Image::parse(&bytes).unwrap();
+    assert!(img.signature().unwrap().is_some(), "image is not signed");
+    let (unsigned, _) = example("echo");
+    let ubytes = std::fs::read(unsigned).unwrap();
+    let uimg = Image::parse(&ubytes).unwrap();
+    assert_eq!(img.measurement(), uimg.measurement());
+    assert_eq!(img.body(), uimg.body());
+
+    // Another key does not verify it.
+    let other = dir.join("other.pk8");
+    tetd_pack(&[
+        "keygen".as_ref(),
+        "-o".as_ref(),
+        other.as_os_str(),
+        "--force".as_ref(),
+    ])
+    .expect_code(0);
+    let o = tetd_pack(&[
+        "verify".as_ref(),
+        signed.as_os_str(),
+        "--pubkey".as_ref(),
+        dir.join("other.pub").as_os_str(),
+    ]);
+    assert_eq!(o.code, 1, "verify with the wrong key must fail: {o:?}");
+
+    // A missing key fails early with a message naming the file.
+    let missing = dir.join("nope.pk8");
+    let o = build(
+        &root().join("examples/echo"),
+        &dir.join("never.tetd"),
+        &["-q", "--sign", missing.to_str().unwrap()],
+    );
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("nope.pk8"), "{}", o.stderr);
+    assert!(!dir.join("never.tetd").exists());
+}
