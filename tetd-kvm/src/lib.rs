@@ -9,6 +9,7 @@ pub mod rtmr;
 pub mod seam;
 pub mod seam_model;
 pub mod session;
+pub mod shell;
 pub mod tdx_seamcall;
 pub mod vmm;
 pub mod zone_alloc;

@@ -102,11 +102,17 @@ pub fn qemu_binary() -> std::result::Result<PathBuf, String> {
         })
 }
 
-/// Stops a running [`QemuVm`] from another thread.
+/// Stops a running [`QemuVm`] from another thread, reads its console and
+/// writes to it (the console's input side: [`QemuHandle::send_console`],
+/// used by [`crate::shell::GuestShell`]).
 #[derive(Clone, Default)]
 pub struct QemuHandle {
     stop: Arc<AtomicBool>,
     console: ConsoleBuffer,
+    /// QEMU's standard input = the COM1 chardev's input (`None` before the
+    /// start and after the end of the run).
+    input: Arc<Mutex<Option<std::process::ChildStdin>>>,
+    ended: Arc<AtomicBool>,
 }
 
 impl QemuHandle {
@@ -118,6 +124,34 @@ impl QemuHandle {
     /// Console output so far.
     pub fn console(&self) -> String {
         self.console.text()
+    }
+
+    /// Console output from absolute byte offset `pos` on, and the offset of
+    /// its end ([`ConsoleBuffer::read_from`]).
+    pub fn console_from(&self, pos: u64) -> (Vec<u8>, u64) {
+        self.console.read_from(pos)
+    }
+
+    /// Writes `bytes` to the guest's console (COM1 receive side): what a
+    /// user typing on the serial line would send. Errors with
+    /// `NotConnected` before QEMU started and after the run ended.
+    pub fn send_console(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut input = self.input.lock().unwrap_or_else(|p| p.into_inner());
+        match input.as_mut() {
+            Some(w) if !self.ended() => {
+                w.write_all(bytes)?;
+                w.flush()
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the VM is not running (console input unavailable)",
+            )),
+        }
+    }
+
+    /// True once the run is over (QEMU exited or was killed).
+    pub fn ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
     }
 }
 
@@ -218,7 +252,8 @@ impl QemuVm {
         let start = Instant::now();
         let mut child = Command::new(&self.qemu)
             .args(&args)
-            .stdin(Stdio::null())
+            // COM1's input (`-chardev stdio`): QemuHandle::send_console.
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -226,6 +261,7 @@ impl QemuVm {
                 path: self.qemu.clone(),
                 source,
             })?;
+        *self.handle.input.lock().unwrap_or_else(|p| p.into_inner()) = child.stdin.take();
         let console = self.handle.console.clone();
         let echo = self.config.echo_console;
         let stdout = child.stdout.take().expect("piped stdout");
@@ -245,6 +281,14 @@ impl QemuVm {
         let srv_thread = std::thread::spawn(move || srv.serve());
 
         let end = self.wait(&mut child, start + self.config.timeout);
+        self.handle.ended.store(true, Ordering::SeqCst);
+        drop(
+            self.handle
+                .input
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         done.store(true, Ordering::SeqCst);
         let elapsed = start.elapsed();
         let _ = out_thread.join();

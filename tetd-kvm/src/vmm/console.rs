@@ -52,6 +52,17 @@ impl ConsoleBuffer {
         self.lock().dropped
     }
 
+    /// The bytes from absolute offset `pos` (counting dropped bytes) to the
+    /// end, and the end's offset: a reader that passes the returned offset
+    /// back sees every byte once. Bytes already dropped are skipped.
+    pub fn read_from(&self, pos: u64) -> (Vec<u8>, u64) {
+        let c = self.lock();
+        let end = c.dropped + c.bytes.len() as u64;
+        let start = pos.clamp(c.dropped, end);
+        let from = (start - c.dropped) as usize;
+        (c.bytes[from..].to_vec(), end)
+    }
+
     pub(crate) fn push(&self, data: &[u8]) {
         let mut c = self.lock();
         c.bytes.extend_from_slice(data);
@@ -140,6 +151,18 @@ mod tests {
             scan("[ 1.0] Kernel panic - not syncing: Attempted to kill init!\n"),
             ConsoleVerdict::Panic("Kernel panic - not syncing: Attempted to kill init!".into())
         );
+    }
+
+    #[test]
+    fn read_from_sees_each_byte_once() {
+        let b = ConsoleBuffer::default();
+        assert_eq!(b.read_from(0), (vec![], 0));
+        b.push(b"abc");
+        let (d, end) = b.read_from(0);
+        assert_eq!((d.as_slice(), end), (&b"abc"[..], 3));
+        b.push(b"de");
+        assert_eq!(b.read_from(end), (b"de".to_vec(), 5));
+        assert_eq!(b.read_from(99), (vec![], 5));
     }
 
     #[test]
