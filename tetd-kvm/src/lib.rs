@@ -1,5 +1,6 @@
 //! TETD-H: host side of TETD-rs.
 
+pub mod bench;
 pub mod host;
 pub mod hv;
 pub mod leaves;

@@ -67,6 +67,9 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Measure TETD-rs against same-run baselines (docs/performance.md):
+    /// prints a markdown table, writes report.json and report.md.
+    Bench(tetd_kvm::bench::BenchArgs),
     /// Build a busybox initramfs (newc cpio) with the TETD init and extra files.
     Initramfs {
         /// Output file.
@@ -102,6 +105,7 @@ fn spec_from(
 
 fn real_main(cli: Cli) -> Result<ExitCode, VmmError> {
     match cli.cmd {
+        Cmd::Bench(args) => Ok(ExitCode::from(tetd_kvm::bench::main(&args))),
         Cmd::Initramfs {
             output,
             files,
