@@ -32,6 +32,11 @@ pub type TdId = u32;
 /// Identifier of an agent within its TD.
 pub type AgentId = u32;
 
+/// The `vcpu` of events the host caused itself (no guest vCPU asked).
+pub const HOST_VCPU: u32 = u32::MAX;
+/// `arg0` of a `disable` event published by [`TdState::teardown`].
+pub const DISABLE_BY_TEARDOWN: u64 = 1;
+
 /// Read access to a TD's guest memory (for arguments passed by GPA:
 /// the measurement of AGENT_ACCESS, the digest of RTMR_EXTEND).
 pub trait GuestReader: Send {
@@ -397,12 +402,23 @@ impl<S: SeamOps> TdState<S> {
     /// first) and return the memory to the pool. Agents end up disabled.
     /// Zones that cannot be removed stay leaked; the first error is
     /// returned after trying all.
+    ///
+    /// Each agent that was not disabled yet gets a `disable` event with
+    /// vCPU [`HOST_VCPU`] and `arg0` = [`DISABLE_BY_TEARDOWN`], so event
+    /// consumers see the end of agents whose guest died mid-call.
     pub fn teardown(&mut self) -> Result<(), HostError> {
         let ids: Vec<AgentId> = self.agents.keys().copied().collect();
         let mut first_err = None;
         for id in ids {
+            let was_live = self
+                .agents
+                .get(&id)
+                .is_some_and(|a| a.state != AgentState::Disabled);
             if let Err(e) = self.force_disable(id) {
                 first_err.get_or_insert(HostError::Seam(e));
+            }
+            if was_live {
+                self.publish(EventKind::Disable, id, HOST_VCPU, DISABLE_BY_TEARDOWN, 0);
             }
         }
         first_err.map_or(Ok(()), Err)
