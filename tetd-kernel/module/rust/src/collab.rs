@@ -93,6 +93,9 @@ pub struct ServicesArea {
     pub log: u64,
     /// Capacity of the log buffer.
     pub log_cap: u64,
+    /// The image's measurement (`admin(OwnMeasurement)`); `None` for a TEST
+    /// blob, whose `admin` then answers `Unsupported` for every operation.
+    pub measurement: Option<[u8; tramp::MEASUREMENT_LEN]>,
 }
 
 /// An agent address space built in the zone's page-table pages.
@@ -331,6 +334,12 @@ pub unsafe fn install_services(area: &ServicesArea) {
         tsc_mult: mult,
         tsc0,
         ns0: kapi::time_ns(),
+        measurement_len: if area.measurement.is_some() {
+            tramp::MEASUREMENT_LEN as u64
+        } else {
+            0
+        },
+        measurement: area.measurement.unwrap_or([0; tramp::MEASUREMENT_LEN]),
     };
     let services = tetd::abi::Services {
         abi_version: tetd::abi::ABI_VERSION,

@@ -76,6 +76,7 @@ const MAX_REGIONS: usize = 48;
 const CTX_OFF: u64 = 512;
 const LOG_OFF: u64 = 1024;
 const LOG_CAP: u64 = PAGE_SIZE - LOG_OFF;
+const _: () = assert!(CTX_OFF + core::mem::size_of::<crate::tramp::CollabCtx>() as u64 <= LOG_OFF);
 
 struct Slot {
     zone: Option<HostZone>,
@@ -85,6 +86,9 @@ struct Slot {
     regions: [(u64, u64, Perm); MAX_REGIONS],
     nregions: usize,
     space: Option<AgentSpace>,
+    /// The image's measurement (answered to the collaborative
+    /// `admin(OwnMeasurement)`).
+    measurement: [u8; MEASUREMENT_LEN],
 }
 
 impl Slot {
@@ -96,6 +100,7 @@ impl Slot {
         regions: [(0, 0, Perm::R); MAX_REGIONS],
         nregions: 0,
         space: None,
+        measurement: [0; MEASUREMENT_LEN],
     };
 }
 
@@ -252,6 +257,7 @@ impl KPlatform {
             ctx: frame_va + CTX_OFF,
             log: frame_va + LOG_OFF,
             log_cap: LOG_CAP,
+            measurement: Some(slot.measurement),
         };
         // The core's services table is kernel code the agent cannot reach
         // from its address space: swap in the in-zone services for the call.
@@ -378,6 +384,7 @@ unsafe impl Platform for KPlatform {
         unsafe { *self.pending.get() = Some((*req.image.measurement(), package)) };
         *slot = Slot::EMPTY;
         slot.core_pages = core_pages;
+        slot.measurement = *req.image.measurement();
         slot.pt_off = core_pages;
         slot.pt_pages = pt_pages;
         slot.zone = Some(zone);

@@ -152,6 +152,7 @@ fn call_in_zone(
         ctx: frame_va + CTX_OFF,
         log: frame_va + LOG_OFF,
         log_cap: LOG_CAP,
+        measurement: None,
     };
     // SAFETY: the frame page is mapped RW and reachable; all offsets are
     // inside it (constants above).

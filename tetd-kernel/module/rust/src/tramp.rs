@@ -21,8 +21,9 @@
 //! The services of collaborative mode (`tetdg_cs_*`) are also in the
 //! trampoline pages: log (into a buffer in the agent's I/O area, printed by the
 //! kernel after the call), random (RDRAND), time (RDTSC scaled by a factor
-//! the kernel computed), abort (leave through the exit path); the rest answer
-//! `Unsupported`.
+//! the kernel computed), abort (leave through the exit path), admin's
+//! `OwnMeasurement` (copied from the context, where the kernel put the
+//! image's measurement before the call); the rest answer `Unsupported`.
 //!
 //! The trampoline data page is mapped read-only in the agent's address
 //! space, the IST stacks page read-write; the agent can therefore not change
@@ -200,7 +201,17 @@ pub struct CollabCtx {
     pub tsc0: u64,
     /// ktime (ns) at the start of the call.
     pub ns0: u64,
+    /// Bytes of `measurement` that are valid: [`MEASUREMENT_LEN`] for an
+    /// image's agent, 0 for a TEST blob (no image).
+    pub measurement_len: u64,
+    /// The image's measurement: what `admin(OwnMeasurement)` answers (the
+    /// one admin operation open to every agent; encrypted agents bind
+    /// their sessions to it).
+    pub measurement: [u8; MEASUREMENT_LEN],
 }
+
+/// Length of an image measurement (SHA-384).
+pub const MEASUREMENT_LEN: usize = tetd::image::MEASUREMENT_LEN;
 
 /// Result kinds of the trampolines (bits 32.. of their return value).
 pub mod kind {
@@ -422,12 +433,48 @@ core::arch::global_asm!(
     "    shl $32, %rcx",
     "    or %rcx, %rax",
     "    jmp tetdg_collab_exit",
-    // u32 register_entry(...) / admin(...): not available inside the zone
-    ".globl tetdg_cs_register_entry",
+    // u32 admin(ctx: rdi, op: esi, arg: rdx, out: rcx, out_cap: r8,
+    // out_len: r9): OwnMeasurement only (the same answers as the core's
+    // admin service: 48 bytes, OutputTooLarge if they do not fit, *out_len
+    // = bytes written when out_len is not null). `out` and `out_len` are
+    // agent pointers used in the agent's own address space: a bad one
+    // faults like any agent access and ends the call.
     ".globl tetdg_cs_admin",
-    ".globl tetdg_cs_random_unsupported",
-    "tetdg_cs_register_entry:",
     "tetdg_cs_admin:",
+    "    cmp ${op_own}, %esi",
+    "    jne 23f",
+    "    cmpq ${mlen}, {c_mlen}(%rdi)",
+    "    jne 23f",
+    "    xor %eax, %eax",
+    "    cmp ${mlen}, %r8",
+    "    jb 21f",
+    "    lea {c_meas}(%rdi), %rsi",
+    "    mov %rcx, %rdi",
+    "    mov ${mlen}, %ecx",
+    "    rep movsb",
+    "    mov ${mlen}, %eax",
+    "    jmp 22f",
+    "21:",
+    // out_len = 0, status OutputTooLarge
+    "    test %r9, %r9",
+    "    jz 20f",
+    "    movq $0, (%r9)",
+    "20:",
+    "    mov ${e_too_large}, %eax",
+    "    ret",
+    "22:",
+    "    test %r9, %r9",
+    "    jz 24f",
+    "    mov %rax, (%r9)",
+    "24:",
+    "    xor %eax, %eax",
+    "    ret",
+    // u32 register_entry(...), other admin operations: not available
+    // inside the zone
+    ".globl tetdg_cs_register_entry",
+    ".globl tetdg_cs_random_unsupported",
+    "23:",
+    "tetdg_cs_register_entry:",
     "tetdg_cs_random_unsupported:",
     "    mov ${e_unsupported}, %eax",
     "    ret",
@@ -460,6 +507,11 @@ core::arch::global_asm!(
     c_mult = const offset_of!(CollabCtx, tsc_mult),
     c_tsc0 = const offset_of!(CollabCtx, tsc0),
     c_ns0 = const offset_of!(CollabCtx, ns0),
+    c_mlen = const offset_of!(CollabCtx, measurement_len),
+    c_meas = const offset_of!(CollabCtx, measurement),
+    mlen = const MEASUREMENT_LEN,
+    op_own = const tetd::abi::AdminOp::OwnMeasurement as u32,
+    e_too_large = const tetd::abi::Error::OutputTooLarge as u32,
     k_fault = const kind::FAULT,
     k_abort = const kind::ABORT,
     k_timeout = const kind::TIMEOUT,
@@ -497,7 +549,8 @@ extern "C" {
         name_len: usize,
         entry: tetd::abi::AgentEntry,
     ) -> u32;
-    /// `admin` inside a zone: answers `Unsupported`.
+    /// `admin` inside a zone: `OwnMeasurement` from the context, anything
+    /// else `Unsupported`.
     pub fn tetdg_cs_admin(
         ctx: *mut core::ffi::c_void,
         op: u32,
