@@ -20,7 +20,9 @@
 //!   it; `tests/qemu_engine.rs` checks that `/proc/iomem` has nothing there
 //!   and that guest `/dev/mem` accesses and the pool are the same memory);
 //! * console: COM1 (`0x3f8`, IRQ 4) on QEMU's stdout, captured like the KVM
-//!   engine's console and optionally echoed;
+//!   engine's console and optionally echoed; its input is QEMU's stdin, a
+//!   pipe [`QemuHandle::send_console`] writes to (what
+//!   [`crate::shell::GuestShell`] uses);
 //! * hypercalls ("uart transport", [`tetd::abi::uart`]): a second 16550 at
 //!   [`uart::IO_BASE`] (IRQ [`HC_UART_IRQ`], never raised: the guest keeps
 //!   `IER = 0` and polls) whose character device is a Unix socket this
