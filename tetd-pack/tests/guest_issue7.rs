@@ -71,7 +71,11 @@ fn skip_reason() -> Option<String> {
     if !Path::new(DEFAULT_BUSYBOX).is_file() {
         return Some(format!("no {DEFAULT_BUSYBOX} (scripts/setup.sh)"));
     }
-    let kver = std::fs::read_to_string(root().join("build/guest/KERNEL_VERSION")).ok()?;
+    let Ok(kver) = std::fs::read_to_string(root().join("build/guest/KERNEL_VERSION")) else {
+        return Some(
+            "the module cannot be built: no build/guest/KERNEL_VERSION (scripts/setup.sh)".into(),
+        );
+    };
     let headers = PathBuf::from(format!("/usr/src/linux-headers-{}", kver.trim()));
     if !headers.join("Makefile").is_file() {
         return Some(format!(
