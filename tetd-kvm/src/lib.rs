@@ -1,6 +1,7 @@
 //! TETD-H: host side of TETD-rs.
 
 pub mod bench;
+pub mod demo;
 pub mod host;
 pub mod hv;
 pub mod leaves;

@@ -26,6 +26,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The README's demo: boot the guest with TETD-H attached, load the
+    /// signed example agents through tetdg.ko, call each in both modes and
+    /// print the results with TETD-H's view (exit 0 only if all matched;
+    /// 1 mismatch, 2 error, 3 no KVM/QEMU). `bash scripts/demo.sh` runs it.
+    Demo(tetd_kvm::demo::DemoArgs),
     /// Boot a kernel with an initramfs and TETD-H answering its hypercalls;
     /// the exit code is the guest's exit status.
     Boot {
@@ -105,6 +110,7 @@ fn spec_from(
 
 fn real_main(cli: Cli) -> Result<ExitCode, VmmError> {
     match cli.cmd {
+        Cmd::Demo(args) => Ok(ExitCode::from(tetd_kvm::demo::main(&args))),
         Cmd::Bench(args) => Ok(ExitCode::from(tetd_kvm::bench::main(&args))),
         Cmd::Initramfs {
             output,
