@@ -112,7 +112,12 @@ static GENERATION: AtomicU64 = AtomicU64::new(1);
 const SLOT_BITS: u32 = 6;
 const _: () = assert!(ACTIVE_CALLS == 1 << SLOT_BITS);
 
-fn activate(ctx: *mut CallCtx) -> Option<u64> {
+/// Takes a free slot for `ctx`. The token is the slot index plus 58 bits
+/// of `nonce` (random bits from the platform) mixed with a counter: an
+/// agent cannot guess the token of another call in progress from its own
+/// (tested in `tests/attack_services.rs::concurrent_call_tokens_cannot_be_guessed`);
+/// the counter keeps tokens distinct if the platform had no random bits.
+fn activate(ctx: *mut CallCtx, nonce: u64) -> Option<u64> {
     for (i, s) in ACTIVE.iter().enumerate() {
         if s.ctx
             .compare_exchange(
@@ -123,7 +128,8 @@ fn activate(ctx: *mut CallCtx) -> Option<u64> {
             )
             .is_ok()
         {
-            let generation = GENERATION.fetch_add(1, Ordering::Relaxed) & (u64::MAX >> SLOT_BITS);
+            let generation =
+                (GENERATION.fetch_add(1, Ordering::Relaxed) ^ nonce) & (u64::MAX >> SLOT_BITS);
             let token = (generation.max(1) << SLOT_BITS) | i as u64;
             s.token.store(token, Ordering::Release);
             return Some(token);
@@ -298,7 +304,11 @@ impl<P: Platform, const IMAGES: usize, const AGENTS: usize> Registry<P, IMAGES, 
             abort_request: AtomicU32::new(0),
         };
         let ctx_ptr: *mut CallCtx = &mut ctx;
-        let Some(token) = activate(ctx_ptr) else {
+        let mut nonce = [0u8; 8];
+        // A failed random source leaves the nonce zero: tokens are then
+        // unique but guessable (the counter alone).
+        let _ = self.platform.random(&mut nonce);
+        let Some(token) = activate(ctx_ptr, u64::from_le_bytes(nonce)) else {
             return self.finish(&prep, RunOutcome::Refused(Error::Busy), output, 0);
         };
         let services = Services {
