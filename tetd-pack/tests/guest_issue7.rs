@@ -110,12 +110,17 @@ fn build_module() -> (PathBuf, PathBuf) {
     (dir.join("tetdg.ko"), dir.join("tetdctl"))
 }
 
-/// Kills the VM if the test panics while it runs.
+/// Kills the VM if the test panics while it runs (and waits, boundedly,
+/// until QEMU is gone, so no orphan outlives the test process).
 struct StopOnDrop(QemuHandle);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
         self.0.stop();
+        let t0 = std::time::Instant::now();
+        while !self.0.ended() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -402,6 +407,18 @@ fn issue7_in_a_real_guest() {
     );
     assert_eq!(g.call_ok(5, "measure 20"), measurement(&secure));
     assert_eq!(g.call_ok(5, "measure 5"), measurement(&admin));
+
+    // The admin service is not available inside a zone (collaborative
+    // mode: the agent cannot reach the core's services), nor is dynamic
+    // registration: both answer Unsupported there (docs/kernel-module.md).
+    assert_eq!(
+        g.call(5, b"list", Some("collaborative")).status,
+        "Unsupported"
+    );
+    assert_eq!(
+        g.call(30, b"upper 45", Some("collaborative")).status,
+        "Unsupported"
+    );
 
     // ---- dynamic registration -------------------------------------------
     assert_eq!(g.call(40, b"x", None).status, "NotFound", "not yet");

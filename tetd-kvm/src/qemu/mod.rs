@@ -252,17 +252,29 @@ impl QemuVm {
         let hypercalls = Arc::new(AtomicU64::new(0));
 
         let start = Instant::now();
-        let mut child = Command::new(&self.qemu)
-            .args(&args)
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(&args)
             // COM1's input (`-chardev stdio`): QemuHandle::send_console.
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| VmmError::Io {
-                path: self.qemu.clone(),
-                source,
-            })?;
+            .stderr(Stdio::piped());
+        // QEMU must not outlive this thread (e.g. a test process that
+        // panicked and exited while the VM ran): the kernel kills it when
+        // the thread that spawned it, which waits for it below, is gone.
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls prctl(2), which is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| VmmError::Io {
+            path: self.qemu.clone(),
+            source,
+        })?;
         *self.handle.input.lock().unwrap_or_else(|p| p.into_inner()) = child.stdin.take();
         let console = self.handle.console.clone();
         let echo = self.config.echo_console;
