@@ -289,6 +289,42 @@ fn kick_lets_the_handler_change_registers() {
 }
 
 #[test]
+fn console_input_reaches_the_guest() {
+    let Some(config) = micro("console_input_reaches_the_guest", "ECHO") else {
+        return;
+    };
+    let vm = Vm::new(config).unwrap();
+    let handle = vm.handle();
+    // More than the UART's 64-byte FIFO: the rest waits in the queue.
+    let digits: Vec<u8> = (0..300).map(|i| b'0' + (i % 10) as u8).collect();
+    let sent = [&b"hello, uart\n"[..], &digits, b"q"].concat();
+    handle.send_console(&sent[..20]).unwrap();
+    let feeder = {
+        let (h, rest) = (handle.clone(), sent[20..].to_vec());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            h.send_console(&rest).unwrap();
+        })
+    };
+    let (out, _) = vm.run(Recorder::default()).unwrap();
+    feeder.join().unwrap();
+    assert_eq!(
+        out.exit,
+        VmExit::Status {
+            code: 3,
+            via: StatusSource::Port
+        }
+    );
+    assert_eq!(
+        out.console.as_bytes(),
+        &sent[..],
+        "echoed in order, nothing lost"
+    );
+    assert!(handle.ended());
+    assert!(handle.send_console(b"late").is_err());
+}
+
+#[test]
 fn timeout_ends_a_spinning_guest() {
     let Some(mut config) = micro("timeout_ends_a_spinning_guest", "SPIN") else {
         return;

@@ -26,6 +26,8 @@
  *   TETD_OPEN AGENT_ACCESS (agent 6, 3 pages), VMM_ENTER, write the zone,
  *             report its GPA and exit 0 with the call still open (the host
  *             then tears the running agent down)
+ *   ECHO      console input: poll COM1's line status, echo every received
+ *             byte back to COM1 until a 'q', then exit 3
  */
         .intel_syntax noprefix
 
@@ -223,6 +225,19 @@ measurement:                            /* 48 bytes: i * 7 + 1 */
         mov     rax, rbx
         REPORT_RAX
         EXIT    0
+
+#elif defined(SCENARIO_ECHO)
+1:      mov     dx, 0x3fd               /* COM1 LSR */
+        in      al, dx
+        test    al, 1                   /* DR: a byte is waiting */
+        jz      1b
+        mov     dx, 0x3f8               /* RBR / THR */
+        in      al, dx
+        mov     bl, al
+        out     dx, al
+        cmp     bl, 'q'
+        jne     1b
+        EXIT    3
 
 #else
 #error "define one SCENARIO_*"

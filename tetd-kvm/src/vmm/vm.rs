@@ -86,6 +86,9 @@ struct Shared {
     end_cv: Condvar,
     vcpus: Vec<VcpuControl>,
     console: ConsoleBuffer,
+    /// Bytes for the console's receive side, waiting for room in the UART
+    /// FIFO ([`VmHandle::send_console`], fed by [`feed_console`]).
+    input: Mutex<std::collections::VecDeque<u8>>,
     counters: Counters,
 }
 
@@ -148,6 +151,55 @@ impl VmHandle {
     /// Console output so far.
     pub fn console(&self) -> String {
         self.shared.console.text()
+    }
+
+    /// Console output from absolute byte offset `pos` on, and the offset of
+    /// its end ([`ConsoleBuffer::read_from`]).
+    pub fn console_from(&self, pos: u64) -> (Vec<u8>, u64) {
+        self.shared.console.read_from(pos)
+    }
+
+    /// Queues `bytes` for the console's receive side (COM1): a thread of
+    /// the run moves them into the UART's FIFO as the guest reads it and
+    /// raises its interrupt. Errors with `NotConnected` once the VM ended.
+    pub fn send_console(&self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.ended() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the VM is not running (console input unavailable)",
+            ));
+        }
+        lock(&self.shared.input).extend(bytes);
+        Ok(())
+    }
+
+    /// True once the VM has ended (or is ending).
+    pub fn ended(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst) || lock(&self.shared.end).is_some()
+    }
+}
+
+/// Moves queued console input into the UART FIFO until the VM stops
+/// (vm-superio raises the receive interrupt when the guest enabled it; a
+/// polling guest sees LSR.DR).
+fn feed_console(shared: &Shared, serial: &Mutex<SerialDevice>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        {
+            let mut input = lock(&shared.input);
+            if !input.is_empty() {
+                let mut uart = lock(serial);
+                let room = uart.fifo_capacity().min(input.len());
+                if room > 0 {
+                    let chunk: Vec<u8> = input.iter().take(room).copied().collect();
+                    // Err only when the FIFO is full or the interrupt
+                    // eventfd failed; the bytes stay queued then.
+                    if let Ok(n) = uart.enqueue_raw_bytes(&chunk) {
+                        input.drain(..n);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -278,6 +330,7 @@ impl Vm {
                 })
                 .collect(),
             console,
+            input: Mutex::new(std::collections::VecDeque::new()),
             counters: Counters::default(),
         });
         Ok(Vm {
@@ -345,6 +398,12 @@ impl Vm {
                         break;
                     }
                 }
+            }
+            let feeder = std::thread::Builder::new()
+                .name("console-in".into())
+                .spawn_scoped(scope, || feed_console(&shared, &serial));
+            if let Err(e) = feeder {
+                shared.finish(EndEvent::Error(format!("spawn console input thread: {e}")));
             }
             wait_for_end(&shared, start + timeout);
             shared.stop.store(true, Ordering::SeqCst);
