@@ -1099,6 +1099,10 @@ pub struct Row {
     pub status: Option<u64>,
     /// Full text output for steps whose output is shown (proc info).
     pub text: Option<String>,
+    /// Calls: the input sent.
+    pub input: Option<Vec<u8>>,
+    /// Calls: the output the agent returned.
+    pub output_bytes: Option<Vec<u8>>,
 }
 
 fn short_text(b: &[u8], max: usize) -> String {
@@ -1139,8 +1143,11 @@ fn evaluate(step: &Step, r: Option<&GuestResult>, plan: &DemoPlan, ctx: &mut Eva
         pass: false,
         status: None,
         text: None,
+        input: None,
+        output_bytes: None,
     };
     if let Action::Call { agent, mode, input } = &step.action {
+        row.input = Some(input.clone());
         let name = plan
             .images
             .iter()
@@ -1160,6 +1167,7 @@ fn evaluate(step: &Step, r: Option<&GuestResult>, plan: &DemoPlan, ctx: &mut Eva
         };
         row.result = a.status_name.clone();
         row.status = Some(a.status);
+        row.output_bytes = Some(a.output.clone());
         row.latency_ns = Some(a.elapsed_ns);
         let ok = a.status == 0;
         match &step.expect {
@@ -1854,6 +1862,8 @@ impl DemoReport {
                     v["mode"] = json!(mode.name());
                     v["status"] = json!(r.status);
                     v["latency_us"] = json!(r.latency_ns.map(|n| n as f64 / 1000.0));
+                    v["input_hex"] = json!(r.input.as_deref().map(hex));
+                    v["output_hex"] = json!(r.output_bytes.as_deref().map(hex));
                 }
                 if let Some(t) = &r.text {
                     v["text"] = json!(t);
