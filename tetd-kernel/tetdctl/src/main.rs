@@ -17,6 +17,8 @@ use tetd::abi::ioctl::{
 };
 use tetd::abi::{decode_name, AgentInfo, Error, Mode, SIM_EXIT_PORT};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "tetdctl",
@@ -81,6 +83,11 @@ impl TestKind {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Timing loops for `tetd-vmm bench` (one `TETD-BENCH {json}` line each).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
     /// Load a .tetd image; prints the ids of its agents.
     Load {
         /// The image file.
@@ -282,6 +289,7 @@ fn mode_name(m: u32) -> &'static str {
 
 fn run(cli: Cli) -> Result<(), Fail> {
     match cli.cmd {
+        Cmd::Bench { what } => bench::run(&cli.device, what),
         Cmd::Info { json: true } => {
             let dev = Dev::open(&cli.device)?;
             let mut r = InfoRequest {
