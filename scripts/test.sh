@@ -33,5 +33,29 @@ if [ -f scripts/build-module.sh ]; then
   bash scripts/build-module.sh
 fi
 
+# Guest end-to-end tests: a Debian 6.1 guest under tetd-vmm with TETD-H
+# attached (48 checks of tetdg.ko/tetdctl). The demo's own end-to-end test
+# (tetd-kvm/tests/demo_e2e.rs) runs with cargo test below.
+step "guest end-to-end: tetd-kernel/module/tests/guest-smoke.sh --vmm"
+mkdir -p target
+smoke_rc=0
+bash tetd-kernel/module/tests/guest-smoke.sh --vmm 2>&1 | tee target/guest-smoke-output.txt || smoke_rc=$?
+
 step "cargo test (workspace)"
-cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+cargo_rc=0
+cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt || cargo_rc=$?
+
+# The last line is one summary of both runners: cargo's "test result:" lines
+# summed, plus the guest smoke test's "N passed, M failed". A run that failed
+# without a failed count (a build error) counts as one failure.
+sum() { # file, sed expression printing "passed failed" per line
+    sed -n "$2" "$1" | awk '{p += $1; f += $2} END {printf "%d %d\n", p, f}'
+}
+read -r cp cf < <(sum target/test-output.txt \
+    's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed;.*/\1 \2/p')
+read -r sp sf < <(sum target/guest-smoke-output.txt 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p')
+if [ "$cargo_rc" -ne 0 ] && [ "$cf" -eq 0 ]; then cf=1; fi
+if [ "$smoke_rc" -ne 0 ] && [ "$sf" -eq 0 ]; then sf=1; fi
+echo "summary: cargo test $cp passed, $cf failed; guest smoke (--vmm) $sp passed, $sf failed" >&2
+echo "$((cp + sp)) passed, $((cf + sf)) failed"
+[ "$cargo_rc" -eq 0 ] && [ "$smoke_rc" -eq 0 ]
