@@ -35,7 +35,7 @@ phase() { say "$* (+$((SECONDS - T0)) s)"; }
 # --- 1. setup ------------------------------------------------------------------
 if [ "$(id -u)" -eq 0 ]; then
     phase "scripts/setup.sh: packages, guest kernel + headers, QEMU, Rust target"
-    bash scripts/setup.sh >&2
+    bash scripts/setup.sh >&2 || die "scripts/setup.sh failed (see above)"
 elif [ -f build/guest/KERNEL_VERSION ]; then
     say "not root: skipping scripts/setup.sh (build/guest is there; run as root to update)"
 else
@@ -65,11 +65,11 @@ fi
 
 # --- 2. host tools -------------------------------------------------------------
 phase "cargo build --release -p tetd-pack -p tetd-kvm (the first build takes a few minutes)"
-cargo build --release -q -p tetd-pack -p tetd-kvm --bins
+cargo build --release -q -p tetd-pack -p tetd-kvm --bins || die "cargo build --release failed (see above)"
 
 # --- 3. guest module -----------------------------------------------------------
 phase "scripts/build-module.sh: tetdg.ko + tetdctl"
-bash scripts/build-module.sh
+bash scripts/build-module.sh || die "scripts/build-module.sh failed (see above)"
 
 # --- 4. the demo -----------------------------------------------------------------
 phase "tetd-vmm demo"
