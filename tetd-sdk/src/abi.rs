@@ -1369,6 +1369,70 @@ pub mod ioctl {
     /// would; `result` is what the read returned (a host that blocks zones
     /// answers all-ones and reports a violation).
     pub const TEST_PEEK_ZONE: u32 = 7;
+    /// Not a blob (attack tests, `tetdctl attack`): the module sends one
+    /// TETD hypercall with the leaf and arguments of the [`RawHypercall`] at
+    /// user address `arg` through its transport, outside its own window
+    /// bookkeeping, and writes the answer back — the guest kernel attacking
+    /// the host. `status` is 0 when the host answered.
+    pub const TEST_RAW_HYPERCALL: u32 = 8;
+    /// Not a blob (attack tests): the module reads or writes 8 bytes of an
+    /// agent's zone outside any window, as a compromised kernel would
+    /// ([`ZoneAccess`] at user address `arg`).
+    pub const TEST_ZONE_ACCESS: u32 = 9;
+
+    /// [`RawHypercall::flags`]: replace `args[1]` with the CPU the module
+    /// sends the call from (what VMM_ENTER/VMM_RESUME expect there).
+    pub const RAW_FLAG_VCPU_ARG1: u32 = 1;
+
+    /// A raw hypercall of [`TEST_RAW_HYPERCALL`].
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct RawHypercall {
+        /// In: the leaf (R11), any value.
+        pub leaf: u64,
+        /// In: R12..R15.
+        pub args: [u64; 4],
+        /// In: `RAW_FLAG_*`.
+        pub flags: u32,
+        /// Out: the CPU the call was sent from.
+        pub vcpu: u32,
+        /// Out: R10 (0 or an [`super::Error`] code).
+        pub status: u64,
+        /// Out: R11..R13.
+        pub results: [u64; 3],
+    }
+
+    /// [`ZoneAccess::region`]: the input area.
+    pub const ZONE_REGION_INPUT: u32 = 1;
+    /// [`ZoneAccess::region`]: the output area.
+    pub const ZONE_REGION_OUTPUT: u32 = 2;
+    /// [`ZoneAccess::region`]: the frame page.
+    pub const ZONE_REGION_FRAME: u32 = 3;
+    /// [`ZoneAccess::region`]: the heap.
+    pub const ZONE_REGION_HEAP: u32 = 4;
+
+    /// A zone access of [`TEST_ZONE_ACCESS`].
+    #[repr(C)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct ZoneAccess {
+        /// In: an agent id of the image.
+        pub agent_id: u32,
+        /// In: `ZONE_REGION_*` (read-write regions only, so the access
+        /// never faults the kernel).
+        pub region: u32,
+        /// In: byte offset in the region (8 bytes must fit).
+        pub offset: u64,
+        /// In: 1 = write `value`, 0 = read into `value`.
+        pub write: u32,
+        /// Reserved, zero.
+        pub reserved: u32,
+        /// In (write) / out (read).
+        pub value: u64,
+        /// Out: guest-physical address of the accessed bytes.
+        pub gpa: u64,
+    }
+    const _: () = assert!(core::mem::size_of::<RawHypercall>() == 80);
+    const _: () = assert!(core::mem::size_of::<ZoneAccess>() == 40);
 
     /// ioctl numbers.
     pub const LOAD: u32 = iowr(1, core::mem::size_of::<LoadRequest>());

@@ -17,6 +17,8 @@ use tetd::abi::ioctl::{
 };
 use tetd::abi::{decode_name, AgentInfo, Error, Mode, SIM_EXIT_PORT};
 
+mod attack;
+
 mod bench;
 
 #[derive(Parser)]
@@ -153,6 +155,12 @@ enum Cmd {
         /// Exit status (0..=255).
         status: u8,
     },
+    /// TEST TOOL: attack the module and the host as a compromised guest
+    /// kernel would (raw hypercalls, zone access outside a window, races,
+    /// fuzzing, malformed ioctls). Module hooks need test_ioctl=1.
+    /// See docs/threat-model.md.
+    #[command(subcommand)]
+    Attack(attack::AttackCmd),
     /// Run a built-in test blob through the call mechanisms (needs the module
     /// parameter test_ioctl=1).
     TestBlob {
@@ -547,6 +555,7 @@ fn run(cli: Cli) -> Result<(), Fail> {
             println!("unloaded {} agent(s)", req.removed);
             Ok(())
         }
+        Cmd::Attack(cmd) => attack::run(&cli.device, cmd),
         Cmd::TestBlob {
             kind,
             mode,

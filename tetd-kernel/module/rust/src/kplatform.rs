@@ -198,6 +198,11 @@ impl KPlatform {
         slots.get_mut(usize::try_from(token).ok()?)
     }
 
+    /// Guest-physical base of the zone behind `token` (TEST hooks).
+    pub fn zone_gpa(&self, token: u64) -> Option<u64> {
+        self.slot(token).and_then(|s| s.zone.as_ref()).map(|z| z.gpa)
+    }
+
     /// Open the zone's window (VMM_ENTER) before the core touches it.
     pub fn open(&self, token: u64) -> Result<(), Error> {
         let z = self

@@ -15,6 +15,8 @@
 pub mod pagetable;
 
 #[cfg(target_os = "none")]
+mod attack;
+#[cfg(target_os = "none")]
 mod collab;
 #[cfg(target_os = "none")]
 mod excl;

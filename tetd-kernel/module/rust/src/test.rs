@@ -60,6 +60,12 @@ fn run_inner(req: &mut TestRequest) -> Result<u32, Error> {
     if req.kind == tetd::abi::ioctl::TEST_PEEK_ZONE {
         return peek_zone(req);
     }
+    if req.kind == tetd::abi::ioctl::TEST_RAW_HYPERCALL {
+        return crate::attack::raw_hypercall(req);
+    }
+    if req.kind == tetd::abi::ioctl::TEST_ZONE_ACCESS {
+        return crate::attack::zone_access(req);
+    }
     let Some(mode) = Mode::from_u32(req.mode) else {
         return Err(Error::BadRequest);
     };
