@@ -36,6 +36,9 @@ pub type AgentId = u32;
 pub const HOST_VCPU: u32 = u32::MAX;
 /// `arg0` of a `disable` event published by [`TdState::teardown`].
 pub const DISABLE_BY_TEARDOWN: u64 = 1;
+/// `arg0` of the `disable` event of an alias removed because its owner was
+/// released (`arg1` = the owner's id).
+pub const DISABLE_WITH_OWNER: u64 = 2;
 
 /// Read access to a TD's guest memory (for arguments passed by GPA:
 /// the measurement of AGENT_ACCESS, the digest of RTMR_EXTEND).
@@ -139,10 +142,18 @@ impl AgentState {
 }
 
 /// One row of a TD's agent table.
+///
+/// A row is either a **zone owner** (`alias_of == None`: registered with a
+/// zone size, the id VMM_ENTER/VMM_RESUME name; its counters are per zone)
+/// or an **alias** (`alias_of == Some(owner)`: an agent id living in the
+/// owner's zone, registered with `tetd::abi::access::ALIAS`; no zone, no
+/// calls of its own, state `Idle` or `Disabled` = its admin state).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentEntry {
     /// Agent id (non-zero).
     pub id: AgentId,
+    /// The zone owner this id is an alias of (`None`: a zone owner).
+    pub alias_of: Option<AgentId>,
     /// Execution mode the guest registered.
     pub mode: Mode,
     /// `AGENT_FLAG_*`.
@@ -305,6 +316,23 @@ impl<S: SeamOps> TdState<S> {
         self.agents.values()
     }
 
+    /// The aliases of zone owner `owner`, by id.
+    pub fn aliases_of(&self, owner: AgentId) -> impl Iterator<Item = &AgentEntry> {
+        self.agents
+            .values()
+            .filter(move |a| a.alias_of == Some(owner))
+    }
+
+    /// The row whose zone and counters serve `id`: `id`'s own row for a
+    /// zone owner, the owner's row for an alias.
+    pub fn zone_owner(&self, id: AgentId) -> Option<&AgentEntry> {
+        let a = self.agents.get(&id)?;
+        match a.alias_of {
+            Some(owner) => self.agents.get(&owner),
+            None => Some(a),
+        }
+    }
+
     /// The agent `vcpu` is currently running, if any.
     pub fn running_on(&self, vcpu: u32) -> Option<AgentId> {
         self.running.get(&vcpu).copied()
@@ -407,7 +435,10 @@ impl<S: SeamOps> TdState<S> {
     /// vCPU [`HOST_VCPU`] and `arg0` = [`DISABLE_BY_TEARDOWN`], so event
     /// consumers see the end of agents whose guest died mid-call.
     pub fn teardown(&mut self) -> Result<(), HostError> {
-        let ids: Vec<AgentId> = self.agents.keys().copied().collect();
+        // Aliases first (each gets its own teardown event), then the zone
+        // owners (whose release removes the aliases).
+        let mut ids: Vec<AgentId> = self.agents.keys().copied().collect();
+        ids.sort_by_key(|id| self.agents[id].alias_of.is_none());
         let mut first_err = None;
         for id in ids {
             let was_live = self

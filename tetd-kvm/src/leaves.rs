@@ -15,13 +15,17 @@
 //! | VMM_ENTER | UNBLOCK zone (if TDX_TLB_TRACKING_NOT_DONE: TRACK + kick, retry) |
 //! | VMM_RESUME | BLOCK zone; TRACK + kick |
 //! | AGENT_DISABLE | (zone already blocked + tracked) REMOVE zone; free |
+//!
+//! Aliases (AGENT_ACCESS with `access::ALIAS`) never touch the Secure EPT:
+//! they are rows naming an agent inside an owner's zone, with an admin state
+//! (AGENT_DISABLE / AGENT_ENABLE) and no calls of their own.
 
 use tetd::abi::access::{self, ZONE_FLAG_ACCEPT_REQUIRED};
 use tetd::abi::regs::HypercallArgs;
 use tetd::abi::tdx::{self, RTMR_SIZE};
 use tetd::abi::{Error, Leaf, Mode, PAGE_SIZE, ZONE_GPA_BASE};
 
-use crate::host::{lock_pool, AgentEntry, AgentId, AgentState, TdState, Zone};
+use crate::host::{lock_pool, AgentEntry, AgentId, AgentState, TdState, Zone, DISABLE_WITH_OWNER};
 use crate::notify::EventKind;
 use crate::seam::{SeamError, SeamOps, ZoneRange};
 use crate::zone_alloc::AllocError;
@@ -90,6 +94,38 @@ impl<S: SeamOps> TdState<S> {
             Ok(id)
         } else {
             Err(Error::UnknownAgent)
+        }
+    }
+
+    /// [`lookup`](Self::lookup) for the leaves that act on a zone (ENTER,
+    /// RESUME, FAULT): an alias is refused with `AliasEntry`.
+    fn lookup_owner(&self, raw: u64) -> Result<AgentId, Error> {
+        let id = self.lookup(raw)?;
+        if self.agents[&id].alias_of.is_some() {
+            return Err(Error::AliasEntry);
+        }
+        Ok(id)
+    }
+
+    /// Remove the aliases of `owner` (it was released or quarantined); each
+    /// one not disabled yet gets a `disable` event with `arg0` =
+    /// [`DISABLE_WITH_OWNER`], `arg1` = the owner.
+    fn drop_aliases(&mut self, owner: AgentId, vcpu: u32) {
+        let ids: Vec<(AgentId, bool)> = self
+            .aliases_of(owner)
+            .map(|a| (a.id, a.state != AgentState::Disabled))
+            .collect();
+        for (id, live) in ids {
+            self.agents.remove(&id);
+            if live {
+                self.publish(
+                    EventKind::Disable,
+                    id,
+                    vcpu,
+                    DISABLE_WITH_OWNER,
+                    u64::from(owner),
+                );
+            }
         }
     }
 
@@ -258,6 +294,7 @@ impl<S: SeamOps> TdState<S> {
                 self.leaked.push(z);
             }
         }
+        self.drop_aliases(id, crate::host::HOST_VCPU);
     }
 
     /// Disable `id` whatever its state (host-initiated: TD teardown).
@@ -278,7 +315,11 @@ impl<S: SeamOps> TdState<S> {
         }
         let a = self.agents.get_mut(&id).expect("checked above");
         a.state = AgentState::Disabled;
-        match a.zone.take() {
+        let (zone, owner) = (a.zone.take(), a.alias_of.is_none());
+        if owner {
+            self.drop_aliases(id, crate::host::HOST_VCPU);
+        }
+        match zone {
             Some(z) => self.destroy_zone(z),
             None => Ok(()),
         }
@@ -294,12 +335,11 @@ impl<S: SeamOps> TdState<S> {
         let [raw_id, pages, mode_flags, meas_gpa] = args.args;
         let id = agent_id(raw_id)?;
         let (mode, flags) = access::decode(mode_flags).ok_or(Error::InvalidArgument)?;
+        if access::is_alias(mode_flags) {
+            return self.alias_access(vcpu, id, mode, flags, pages, meas_gpa);
+        }
         self.check_zone_size(mode, pages)?;
-        let reuse = match self.agents.get(&id) {
-            Some(a) if a.state == AgentState::Disabled => true,
-            Some(_) => return Err(Error::AlreadyRegistered),
-            None => false,
-        };
+        let reuse = self.check_free_id(id)?;
         if !reuse && self.agents.len() >= self.config.max_agents {
             return Err(Error::TableFull);
         }
@@ -315,6 +355,7 @@ impl<S: SeamOps> TdState<S> {
             id,
             AgentEntry {
                 id,
+                alias_of: None,
                 mode,
                 flags,
                 state: AgentState::Idle,
@@ -333,6 +374,69 @@ impl<S: SeamOps> TdState<S> {
         let gpa = zone.map_or(0, |z| z.gpa);
         self.publish(EventKind::Access, id, vcpu, gpa, pages);
         Ok([gpa, pages, zone_flags])
+    }
+
+    /// Whether `id` may be registered: unused (`Ok(false)`), or the row of a
+    /// released zone owner (`Ok(true)`: replaced, counters reset). A live
+    /// owner or any alias (also an admin-disabled one: its agent still
+    /// exists in the guest) is a collision.
+    fn check_free_id(&self, id: AgentId) -> Result<bool, Error> {
+        match self.agents.get(&id) {
+            Some(a) if a.alias_of.is_none() && a.state == AgentState::Disabled => Ok(true),
+            Some(_) => Err(Error::AlreadyRegistered),
+            None => Ok(false),
+        }
+    }
+
+    /// AGENT_ACCESS with `access::ALIAS`: `[alias_id, 0, ALIAS | mode<<32 |
+    /// flags, owner_id]` → `[0, 0, 0]`.
+    fn alias_access(
+        &mut self,
+        vcpu: u32,
+        id: AgentId,
+        mode: Mode,
+        flags: u32,
+        pages: u64,
+        raw_owner: u64,
+    ) -> LeafResult {
+        if pages != 0 {
+            return Err(Error::InvalidArgument);
+        }
+        let owner_id = agent_id(raw_owner)?;
+        let owner = self.agents.get(&owner_id).ok_or(Error::UnknownAgent)?;
+        if owner.alias_of.is_some() {
+            return Err(Error::AliasEntry);
+        }
+        if owner.state == AgentState::Disabled {
+            return Err(Error::Disabled);
+        }
+        let measurement = owner.measurement;
+        let reuse = self.check_free_id(id)?;
+        if !reuse && self.agents.len() >= self.config.max_agents {
+            return Err(Error::TableFull);
+        }
+        self.agents.insert(
+            id,
+            AgentEntry {
+                id,
+                alias_of: Some(owner_id),
+                mode,
+                flags,
+                state: AgentState::Idle,
+                zone_pages: 0,
+                zone: None,
+                registered_by: vcpu,
+                measurement,
+                calls: 0,
+                failures: 0,
+                faults: 0,
+                violations: 0,
+                last_status: 0,
+                last_fault: None,
+            },
+        );
+        self.publish(EventKind::Alias, id, vcpu, u64::from(owner_id), 0);
+        Ok([0, 0, 0])
     }
 
     fn check_zone_size(&self, mode: Mode, pages: u64) -> Result<(), Error> {
@@ -373,7 +477,7 @@ impl<S: SeamOps> TdState<S> {
         if args.args[1] != u64::from(vcpu) {
             return Err(Error::InvalidArgument);
         }
-        let id = self.lookup(args.args[0])?;
+        let id = self.lookup_owner(args.args[0])?;
         let a = &self.agents[&id];
         match a.state {
             AgentState::Disabled => return Err(Error::Disabled),
@@ -425,7 +529,7 @@ impl<S: SeamOps> TdState<S> {
         if args.args[1] != u64::from(vcpu) {
             return Err(Error::InvalidArgument);
         }
-        let id = self.lookup(args.args[0])?;
+        let id = self.lookup_owner(args.args[0])?;
         let status = args.args[2];
         let a = &self.agents[&id];
         match a.state {
@@ -471,10 +575,16 @@ impl<S: SeamOps> TdState<S> {
             AgentState::Disabled => return Err(Error::BadState),
             AgentState::Idle => {}
         }
-        let zone = a.zone;
+        let (zone, is_alias) = (a.zone, a.alias_of.is_some());
         let a = self.agents.get_mut(&id).expect("looked up");
         a.state = AgentState::Disabled;
         a.zone = None;
+        if is_alias {
+            // Admin state only: the owner's zone is untouched.
+            self.publish(EventKind::Disable, id, vcpu, 0, 0);
+            return Ok([0, 0, 0]);
+        }
+        self.drop_aliases(id, vcpu);
         if let Some(z) = zone {
             if self.destroy_zone(z).is_err() {
                 // Disabled either way; the zone is leaked, never reused.
@@ -493,6 +603,12 @@ impl<S: SeamOps> TdState<S> {
         let a = &self.agents[&id];
         if a.state != AgentState::Disabled {
             return Err(Error::BadState);
+        }
+        if a.alias_of.is_some() {
+            let a = self.agents.get_mut(&id).expect("looked up");
+            a.state = AgentState::Idle;
+            self.publish(EventKind::Enable, id, vcpu, 0, 0);
+            return Ok([0, 0, 0]);
         }
         let pages = a.zone_pages;
         let (zone, zone_flags) = self.make_zone(pages)?;
@@ -527,7 +643,7 @@ impl<S: SeamOps> TdState<S> {
             // Only CPU exceptions (vectors 0..31) end an agent call.
             return Err(Error::InvalidArgument);
         }
-        let id = self.lookup(raw_id)?;
+        let id = self.lookup_owner(raw_id)?;
         let a = self.agents.get_mut(&id).expect("looked up");
         match a.state {
             AgentState::Running { vcpu: owner } if owner == vcpu => {}
@@ -545,8 +661,10 @@ impl<S: SeamOps> TdState<S> {
     fn agent_query(&mut self, args: &HypercallArgs) -> LeafResult {
         reserved_zero(args, 1)?;
         let id = self.lookup(args.args[0])?;
-        let a = &self.agents[&id];
-        Ok([a.state.abi() as u64, a.calls, a.violations])
+        let state = self.agents[&id].state;
+        // An alias has no calls of its own: its owner's (zone) counters.
+        let z = self.zone_owner(id).ok_or(Error::UnknownAgent)?;
+        Ok([state.abi() as u64, z.calls, z.violations])
     }
 }
 

@@ -1,6 +1,6 @@
 //! Notification of agent activity to host userspace.
 //!
-//! Every agent event (access, enter, resume, fault, disable, enable,
+//! Every agent event (access, alias, enter, resume, fault, disable, enable,
 //! violation) is [published](Notifier::publish) to each [`Subscription`].
 //! A subscription is a bounded event queue plus a real Linux `eventfd`
 //! (`EFD_NONBLOCK`) whose counter is incremented once per queued event, so
@@ -50,6 +50,9 @@ pub enum EventKind {
     /// The guest touched a blocked zone page (arg0 = GPA, arg1 = 1 if a
     /// write).
     Violation = 7,
+    /// AGENT_ACCESS with `access::ALIAS`: an agent id registered in another
+    /// entry's zone (arg0 = the owner's id).
+    Alias = 8,
 }
 
 impl EventKind {
@@ -63,6 +66,7 @@ impl EventKind {
             5 => EventKind::Disable,
             6 => EventKind::Enable,
             7 => EventKind::Violation,
+            8 => EventKind::Alias,
             _ => return None,
         })
     }
@@ -77,6 +81,7 @@ impl EventKind {
             EventKind::Disable => "disable",
             EventKind::Enable => "enable",
             EventKind::Violation => "violation",
+            EventKind::Alias => "alias",
         }
     }
 }

@@ -109,7 +109,14 @@ fn access_argument_errors() {
         ([1 << 32, 1, coll, 0], Error::InvalidArgument), // id > u32
         ([1, 1, 2 << 32, 0], Error::InvalidArgument),    // unknown mode
         ([1, 1, coll | 0x8000_0000, 0], Error::InvalidArgument), // unknown flag
-        ([1, 1, coll | (1 << 40), 0], Error::InvalidArgument), // reserved bit
+        ([1, 1, coll | (1 << 41), 0], Error::InvalidArgument), // reserved bit
+        ([1, 1, coll | access::ALIAS, 0], Error::InvalidArgument), // alias with pages
+        ([1, 0, coll | access::ALIAS, 0], Error::InvalidArgument), // alias, owner 0
+        (
+            [1, 0, coll | access::ALIAS, 1 << 32],
+            Error::InvalidArgument,
+        ), // owner > u32
+        ([1, 0, coll | access::ALIAS, 9], Error::UnknownAgent), // no owner 9
         ([1, 0, coll, 0], Error::OutOfRange),            // empty zone
         ([1, 4097, coll, 0], Error::OutOfRange),         // > max_zone_pages
         ([1, u64::MAX, coll, 0], Error::OutOfRange),
@@ -850,4 +857,204 @@ fn guest_accepts_its_zone_inside_the_first_window() {
     disable(&mut td, 0, 1).unwrap();
     assert_eq!(td.seam().0.page_count(), 0);
     assert_eq!(td.seam_trouble().errors, 0);
+}
+
+/// AGENT_ACCESS of an alias: `[id, 0, ALIAS | mode | flags, owner]`.
+fn alias(td: &mut TdState, vcpu: u32, id: u32, owner: u32) -> Result<[u64; 3], Error> {
+    call(
+        td,
+        vcpu,
+        Leaf::AgentAccess,
+        [
+            id as u64,
+            0,
+            access::encode_alias(Mode::Exclusive, AGENT_FLAG_ADMIN),
+            owner as u64,
+        ],
+    )
+}
+
+#[test]
+fn aliases_name_agents_inside_an_owners_zone() {
+    use tetd_kvm::host::DISABLE_WITH_OWNER;
+    use tetd_kvm::notify::EventKind;
+    let mut h = host();
+    let sub = h.notifier().subscribe(64).unwrap();
+    let ram = FakeRam::new(0x4000);
+    let m = [0x5au8; 48];
+    ram.write(0x1000, &m);
+    let td = td1(&mut h);
+    td.set_guest_reader(ram.reader());
+    let owner = access::IMAGE_ZONE_ID_BASE;
+    call(
+        td,
+        0,
+        Leaf::AgentAccess,
+        [
+            owner as u64,
+            3,
+            access::encode(Mode::Collaborative, 0),
+            0x1000,
+        ],
+    )
+    .unwrap();
+    let free_after_zone = pool_free(&h);
+    let td = td1(&mut h);
+    // Two agents of the image, registered as aliases: no zone, no pages.
+    assert_eq!(alias(td, 1, 1, owner), Ok([0, 0, 0]));
+    assert_eq!(alias(td, 0, 2, owner), Ok([0, 0, 0]));
+    let a1 = td.agent(1).unwrap().clone();
+    assert_eq!(a1.alias_of, Some(owner));
+    assert_eq!(
+        (a1.zone, a1.zone_pages, a1.state),
+        (None, 0, AgentState::Idle)
+    );
+    assert_eq!(
+        (a1.mode, a1.flags, a1.registered_by),
+        (Mode::Exclusive, AGENT_FLAG_ADMIN, 1)
+    );
+    assert_eq!(
+        a1.measurement,
+        Some(m),
+        "an alias carries its owner's measurement"
+    );
+    assert_eq!(td.zone_owner(2).unwrap().id, owner);
+    assert_eq!(td.zone_owner(owner).unwrap().id, owner);
+    assert_eq!(
+        td.aliases_of(owner).map(|a| a.id).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(td.zones().count(), 1);
+    assert_eq!(pool_free(&h), free_after_zone, "aliases take no pages");
+    let td = td1(&mut h);
+    check_td(td).unwrap();
+
+    // Collisions: an alias id, a live owner id, the owner naming itself.
+    assert_eq!(alias(td, 0, 1, owner), Err(Error::AlreadyRegistered));
+    assert_eq!(alias(td, 0, owner, owner), Err(Error::AlreadyRegistered));
+    assert_eq!(
+        access(td, 0, 2, 1),
+        Err(Error::AlreadyRegistered),
+        "owner over an alias"
+    );
+    // An alias is not an owner: no alias of it, no calls through it.
+    assert_eq!(alias(td, 0, 3, 1), Err(Error::AliasEntry));
+    assert_eq!(enter(td, 0, 1), Err(Error::AliasEntry));
+    assert_eq!(resume(td, 0, 1, 0), Err(Error::AliasEntry));
+    assert_eq!(
+        call(td, 0, Leaf::AgentFault, [1, 14, 0, 0]),
+        Err(Error::AliasEntry)
+    );
+    // Calls enter through the owner; an alias's query shows the zone's
+    // counters and its own state.
+    enter(td, 0, owner).unwrap();
+    resume(td, 0, owner, 0).unwrap();
+    assert_eq!(
+        call(td, 0, Leaf::AgentQuery, [1, 0, 0, 0]),
+        Ok([HostAgentState::Idle as u64, 1, 0])
+    );
+
+    // Admin disable / enable of an alias: state only, the zone stays, even
+    // while the owner runs (the admin agent disables a sibling mid-call).
+    let z = td.agent(owner).unwrap().zone.unwrap();
+    enter(td, 0, owner).unwrap();
+    assert_eq!(disable(td, 1, 2), Ok([0, 0, 0]));
+    assert_eq!(td.agent(2).unwrap().state, AgentState::Disabled);
+    assert_eq!(disable(td, 1, 2), Err(Error::BadState));
+    assert_eq!(
+        call(td, 0, Leaf::AgentQuery, [2, 0, 0, 0]),
+        Ok([HostAgentState::Disabled as u64, 2, 0])
+    );
+    assert_eq!(td.agent(owner).unwrap().zone, Some(z));
+    check_td(td).unwrap();
+    assert_eq!(
+        access(td, 0, 2, 1),
+        Err(Error::AlreadyRegistered),
+        "disabled alias"
+    );
+    assert_eq!(call(td, 1, Leaf::AgentEnable, [2, 0, 0, 0]), Ok([0, 0, 0]));
+    assert_eq!(td.agent(2).unwrap().state, AgentState::Idle);
+    assert_eq!(
+        call(td, 1, Leaf::AgentEnable, [2, 0, 0, 0]),
+        Err(Error::BadState)
+    );
+    disable(td, 1, 2).unwrap();
+    resume(td, 0, owner, 0).unwrap();
+    assert_eq!(td.agent(owner).unwrap().zone, Some(z));
+
+    // Releasing the owner removes its aliases (their ids become free).
+    disable(td, 0, owner).unwrap();
+    assert!(td.agent(1).is_none() && td.agent(2).is_none());
+    assert_eq!(td.agent(owner).unwrap().state, AgentState::Disabled);
+    assert_eq!(
+        alias(td, 0, 1, owner),
+        Err(Error::Disabled),
+        "released owner"
+    );
+    check_td(td).unwrap();
+    // A released owner's row may become an alias of another owner.
+    access(td, 0, 9, 1).unwrap();
+    assert_eq!(alias(td, 0, owner, 9), Ok([0, 0, 0]));
+    assert_eq!(alias(td, 0, 1, 9), Ok([0, 0, 0]));
+    check_td(td).unwrap();
+
+    let got: Vec<_> = sub
+        .recv()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.agent, e.arg0, e.arg1))
+        .collect();
+    let zone_events = |id| {
+        got.iter()
+            .filter(move |e| e.1 == id)
+            .map(|e| (e.0, e.2, e.3))
+    };
+    assert_eq!(
+        zone_events(1).collect::<Vec<_>>(),
+        [
+            (EventKind::Alias, owner as u64, 0),
+            (EventKind::Disable, DISABLE_WITH_OWNER, owner as u64),
+            (EventKind::Alias, 9, 0),
+        ]
+    );
+    assert_eq!(
+        zone_events(2).collect::<Vec<_>>(),
+        [
+            (EventKind::Alias, owner as u64, 0),
+            (EventKind::Disable, 0, 0),
+            (EventKind::Enable, 0, 0),
+            (EventKind::Disable, 0, 0),
+        ],
+        "an alias disabled before its owner's release gets no second event"
+    );
+}
+
+#[test]
+fn aliases_are_per_td_and_counted_in_the_table() {
+    let mut h = Host::with_config(
+        POOL,
+        TdConfig {
+            max_zone_pages: 16,
+            max_agents: 3,
+        },
+    )
+    .unwrap();
+    h.create_td(1, SeptModel::new()).unwrap();
+    h.create_td(2, SeptModel::new()).unwrap();
+    access(h.td_mut(1).unwrap(), 0, 100, 1).unwrap();
+    // TD 2 cannot hang an alias on TD 1's zone: unknown there.
+    let td2 = h.td_mut(2).unwrap();
+    assert_eq!(alias(td2, 0, 1, 100), Err(Error::UnknownAgent));
+    assert!(td2.agent(1).is_none());
+    let td = h.td_mut(1).unwrap();
+    alias(td, 0, 1, 100).unwrap();
+    alias(td, 0, 2, 100).unwrap();
+    assert_eq!(alias(td, 0, 3, 100), Err(Error::TableFull));
+    // Teardown: every alias and the owner end with a disable event; nothing
+    // stays behind.
+    let sub = h.notifier().subscribe(16).unwrap();
+    h.destroy_td(1).unwrap();
+    let mut ended: Vec<u32> = sub.recv().unwrap().into_iter().map(|e| e.agent).collect();
+    ended.sort_unstable();
+    assert_eq!(ended, [1, 2, 100]);
 }

@@ -428,6 +428,12 @@ enum COp {
         vcpu: u32,
         id: u32,
     },
+    Alias {
+        td: u32,
+        vcpu: u32,
+        id: u32,
+        owner: u32,
+    },
     VcpuEnter {
         td: u32,
         vcpu: u32,
@@ -470,6 +476,8 @@ fn cop() -> impl Strategy<Value = COp> {
         1 => (td.clone(), vcpu.clone(), id.clone(), 0u64..40)
             .prop_map(|(td, vcpu, id, vector)| COp::Fault { td, vcpu, id, vector }),
         1 => (td.clone(), vcpu.clone(), id.clone()).prop_map(|(td, vcpu, id)| COp::Query { td, vcpu, id }),
+        3 => (td.clone(), vcpu.clone(), id.clone(), id.clone())
+            .prop_map(|(td, vcpu, id, owner)| COp::Alias { td, vcpu, id, owner }),
         2 => (td.clone(), vcpu.clone()).prop_map(|(td, vcpu)| COp::VcpuEnter { td, vcpu }),
         2 => (td.clone(), vcpu.clone()).prop_map(|(td, vcpu)| COp::VcpuExit { td, vcpu }),
         1 => td.clone().prop_map(|td| COp::HostTrack { td }),
@@ -489,6 +497,8 @@ enum Sh {
 #[derive(Debug, Clone)]
 struct ShAgent {
     st: Sh,
+    /// `Some(owner)`: an alias.
+    alias_of: Option<u32>,
     pages: u64,
     calls: u64,
     failures: u64,
@@ -504,6 +514,25 @@ struct Shadow {
 impl Shadow {
     fn running_on(&self, vcpu: u32) -> bool {
         self.agents.values().any(|a| a.st == Sh::Running(vcpu))
+    }
+    /// AlreadyRegistered unless unused or a released zone owner.
+    fn collides(&self, id: u32) -> bool {
+        self.agents
+            .get(&id)
+            .is_some_and(|a| a.alias_of.is_some() || a.st != Sh::Disabled)
+    }
+    fn is_alias(&self, id: u32) -> bool {
+        self.agents.get(&id).is_some_and(|a| a.alias_of.is_some())
+    }
+    /// Remove the aliases of `owner`; how many were not disabled (events).
+    fn drop_aliases(&mut self, owner: u32) -> u64 {
+        let live = self
+            .agents
+            .values()
+            .filter(|a| a.alias_of == Some(owner) && a.st != Sh::Disabled)
+            .count() as u64;
+        self.agents.retain(|_, a| a.alias_of != Some(owner));
+        live
     }
 }
 
@@ -596,7 +625,7 @@ proptest! {
                         Err(Error::InvalidArgument)
                     } else if pages < min || pages > MAX_ZONE {
                         Err(Error::OutOfRange)
-                    } else if sh.agents.get(&id).is_some_and(|a| a.st != Sh::Disabled) {
+                    } else if sh.collides(id) {
                         Err(Error::AlreadyRegistered)
                     } else if pages > 0 && !fits {
                         Err(Error::ZoneExhausted)
@@ -606,7 +635,7 @@ proptest! {
                     prop_assert_eq!(r.map(|_| ()), want, "step {}: {:?}", step, op);
                     if r.is_ok() {
                         prop_assert_eq!(r.unwrap()[1], pages);
-                        sh.agents.insert(id, ShAgent { st: Sh::Idle, pages, calls: 0, failures: 0, faults: 0, violations: 0 });
+                        sh.agents.insert(id, ShAgent { st: Sh::Idle, alias_of: None, pages, calls: 0, failures: 0, faults: 0, violations: 0 });
                         events += 1;
                     }
                 }
@@ -620,6 +649,7 @@ proptest! {
                     } else {
                         match sh.agents.get(&id).map(|a| a.st) {
                             None => Err(Error::UnknownAgent),
+                            Some(_) if sh.is_alias(id) => Err(Error::AliasEntry),
                             Some(Sh::Disabled) => Err(Error::Disabled),
                             Some(Sh::Running(_)) => Err(Error::AlreadyRunning),
                             Some(Sh::Idle) if busy => Err(Error::BadState),
@@ -639,6 +669,7 @@ proptest! {
                     let sh = shadow.get_mut(&td).unwrap();
                     let want = match sh.agents.get(&id) {
                         None => Err(Error::UnknownAgent),
+                        Some(a) if a.alias_of.is_some() => Err(Error::AliasEntry),
                         Some(a) => match a.st {
                             Sh::Running(v) if v == vcpu => {
                                 Ok([a.calls, a.failures + u64::from(status != 0), 0])
@@ -668,6 +699,9 @@ proptest! {
                     if r.is_ok() {
                         sh.agents.get_mut(&id).unwrap().st = Sh::Disabled;
                         events += 1;
+                        if !sh.is_alias(id) {
+                            events += sh.drop_aliases(id);
+                        }
                     }
                 }
                 COp::Enable { td, vcpu, id } => {
@@ -695,6 +729,7 @@ proptest! {
                     } else {
                         match sh.agents.get(&id) {
                             None => Err(Error::UnknownAgent),
+                            Some(a) if a.alias_of.is_some() => Err(Error::AliasEntry),
                             Some(a) => match a.st {
                                 Sh::Running(v) if v == vcpu => Ok([a.faults + 1, 0, 0]),
                                 Sh::Running(_) => Err(Error::NotOwner),
@@ -710,7 +745,8 @@ proptest! {
                 }
                 COp::Query { td, vcpu, id } => {
                     let r = hypercall(&mut h, td, vcpu, Leaf::AgentQuery, [id as u64, 0, 0, 0]);
-                    let want = match shadow[&td].agents.get(&id) {
+                    let sh = &shadow[&td];
+                    let want = match sh.agents.get(&id) {
                         None => Err(Error::UnknownAgent),
                         Some(a) => {
                             let st = match a.st {
@@ -718,10 +754,35 @@ proptest! {
                                 Sh::Running(_) => HostAgentState::Running,
                                 Sh::Disabled => HostAgentState::Disabled,
                             };
-                            Ok([st as u64, a.calls, a.violations])
+                            // An alias reports its owner's (zone) counters.
+                            let z = a.alias_of.map_or(a, |o| &sh.agents[&o]);
+                            Ok([st as u64, z.calls, z.violations])
                         }
                     };
                     prop_assert_eq!(r, want, "step {}: {:?}", step, op);
+                }
+                COp::Alias { td, vcpu, id, owner } => {
+                    let r = hypercall(&mut h, td, vcpu, Leaf::AgentAccess, [id as u64, 0, access::encode_alias(Mode::Exclusive, 0), owner as u64]);
+                    let sh = shadow.get_mut(&td).unwrap();
+                    let want = if id == 0 || owner == 0 {
+                        Err(Error::InvalidArgument)
+                    } else {
+                        match sh.agents.get(&owner) {
+                            None => Err(Error::UnknownAgent),
+                            Some(o) if o.alias_of.is_some() => Err(Error::AliasEntry),
+                            Some(o) if o.st == Sh::Disabled => Err(Error::Disabled),
+                            Some(_) if sh.collides(id) => Err(Error::AlreadyRegistered),
+                            Some(_) => Ok([0, 0, 0]),
+                        }
+                    };
+                    prop_assert_eq!(r, want, "step {}: {:?}", step, op);
+                    if r.is_ok() {
+                        sh.agents.insert(id, ShAgent { st: Sh::Idle, alias_of: Some(owner), pages: 0, calls: 0, failures: 0, faults: 0, violations: 0 });
+                        events += 1;
+                        let t = h.td(td).unwrap();
+                        prop_assert_eq!(t.agent(id).unwrap().alias_of, Some(owner));
+                        prop_assert_eq!(t.zone_owner(id).map(|a| a.id), Some(owner));
+                    }
                 }
                 COp::VcpuEnter { td, vcpu } => h.td_mut(td).unwrap().seam_mut().vcpu_enter(vcpu),
                 COp::VcpuExit { td, vcpu } => h.td_mut(td).unwrap().seam_mut().vcpu_exit(vcpu),

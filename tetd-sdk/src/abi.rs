@@ -661,16 +661,43 @@ pub mod access {
 
     /// Shift of the mode byte in R14.
     pub const MODE_SHIFT: u32 = 32;
+    /// R14 bit 40: register an **alias** — an agent id that names an agent
+    /// inside another entry's zone (its *owner*) instead of a zone of its
+    /// own. With it set, R13 (zone pages) must be 0 and R15 is the owner's
+    /// id instead of a measurement GPA. Calls enter through the owner
+    /// (VMM_ENTER/VMM_RESUME on an alias: [`super::Error::AliasEntry`]);
+    /// AGENT_DISABLE / AGENT_ENABLE on an alias only change its admin state;
+    /// releasing the owner (AGENT_DISABLE) removes its aliases.
+    pub const ALIAS: u64 = 1 << 40;
     /// Bits of R14 that must be zero.
-    pub const RESERVED_MASK: u64 = !0u64 << 40;
+    pub const RESERVED_MASK: u64 = !0u64 << 41;
 
     /// Encode R14 for AGENT_ACCESS.
     pub const fn encode(mode: Mode, flags: u32) -> u64 {
         ((mode as u64) << MODE_SHIFT) | flags as u64
     }
 
-    /// Decode R14; `None` if a reserved bit, an unknown flag or an unknown
-    /// mode is set.
+    /// Encode R14 for AGENT_ACCESS of an alias ([`ALIAS`]).
+    pub const fn encode_alias(mode: Mode, flags: u32) -> u64 {
+        encode(mode, flags) | ALIAS
+    }
+
+    /// Whether R14 asks for an alias registration ([`ALIAS`]).
+    pub const fn is_alias(r14: u64) -> bool {
+        r14 & ALIAS != 0
+    }
+
+    /// First host id of the range the guest module (`tetdg`) registers
+    /// image zones under: the zone of its image slot `n` is the host entry
+    /// `IMAGE_ZONE_ID_BASE + n`, and every agent id of the image (static and
+    /// dynamic) is an [`ALIAS`] of it. Agent ids in
+    /// `IMAGE_ZONE_ID_BASE..=u32::MAX` are therefore refused by `tetdg` on a
+    /// TETD host (a guest convention; TETD-H itself does not reserve ids).
+    pub const IMAGE_ZONE_ID_BASE: u32 = 0xFFFF_FF00;
+
+    /// Decode R14 (the [`ALIAS`] bit is ignored here; test it with
+    /// [`is_alias`]); `None` if a reserved bit, an unknown flag or an
+    /// unknown mode is set.
     pub fn decode(r14: u64) -> Option<(Mode, u32)> {
         if r14 & RESERVED_MASK != 0 {
             return None;
@@ -848,6 +875,10 @@ error_codes! {
     ZoneExhausted = 209 => "secret-zone pool exhausted",
     /// An argument of the hypercall is invalid.
     InvalidArgument = 210 => "invalid hypercall argument",
+    /// The agent id is an alias registration (no zone of its own): calls
+    /// enter and end through its owner's id; or an alias was named as an
+    /// owner.
+    AliasEntry = 211 => "agent id is an alias of another entry's zone",
 
     // --- guest module / transport ---
     /// The ioctl or request is malformed.

@@ -149,6 +149,18 @@ pub fn check_td(td: &TdState<SeptModel>) -> Result<(), String> {
             }
         }
     }
+    // Aliases: no zone, never running, their owner is a live zone owner.
+    for a in td.agents().filter(|a| a.alias_of.is_some()) {
+        let owner = td
+            .zone_owner(a.id)
+            .ok_or(format!("alias {} has no owner", a.id))?;
+        if owner.alias_of.is_some() || owner.state == AgentState::Disabled {
+            return Err(format!("alias {} of {:?}", a.id, owner));
+        }
+        if a.zone.is_some() || a.zone_pages != 0 || matches!(a.state, AgentState::Running { .. }) {
+            return Err(format!("alias {} has a zone or runs: {a:?}", a.id));
+        }
+    }
     // Per-agent zone state.
     for a in td.agents() {
         match (a.state, a.zone) {
