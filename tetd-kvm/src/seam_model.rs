@@ -46,7 +46,7 @@ use std::ops::Range;
 
 use tetd::abi::{tdx, PAGE_SIZE, ZONE_GPA_BASE, ZONE_GPA_SIZE};
 
-use crate::seam::{Gpa, Hpa, SeamError, SeamOp, SeamOps, SeamResult, TdxStatus};
+use crate::seam::{Gpa, Hpa, SeamError, SeamOp, SeamOps, SeamResult, TdxStatus, ZoneRange};
 
 /// Secure-EPT state of a 4 KiB leaf entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,6 +131,23 @@ pub struct SeptModel {
     /// vCPUs in guest mode → the epoch they entered in (TDVPS.VCPU_EPOCH).
     running: BTreeMap<u32, u64>,
     stats: ModelStats,
+}
+
+/// helpers.h `is_tlb_tracked()`: a page blocked in epoch `bepoch` is
+/// tracked when a TRACK happened after the block and no vCPU still runs in
+/// that epoch.
+fn tlb_tracked(td_epoch: u64, refcount: [u32; 2], bepoch: u64) -> bool {
+    let prev = td_epoch - 1;
+    (bepoch == prev && refcount[(bepoch & 1) as usize] == 0) || bepoch < prev
+}
+
+/// What [`SeptModel::range_summary`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeSummary {
+    /// No page of the range has a leaf entry.
+    pub all_free: bool,
+    /// Every page of the range is MAPPED.
+    pub all_mapped: bool,
 }
 
 impl Default for SeptModel {
@@ -275,8 +292,74 @@ impl SeptModel {
 
     /// helpers.h `is_tlb_tracked()`.
     fn is_tlb_tracked(&self, bepoch: u64) -> bool {
-        let prev = self.td_epoch - 1;
-        (bepoch == prev && self.refcount[(bepoch & 1) as usize] == 0) || bepoch < prev
+        tlb_tracked(self.td_epoch, self.refcount, bepoch)
+    }
+
+    /// Whether every page of `[gpa, +pages)` is FREE, and whether every
+    /// page is MAPPED (one walk, no allocation: the KVM backend asks this
+    /// after every zone operation).
+    pub fn range_summary(&self, gpa: Gpa, pages: u64) -> RangeSummary {
+        let end = gpa.saturating_add(pages.saturating_mul(PAGE_SIZE));
+        let mut n = 0u64;
+        let mut mapped = true;
+        for e in self.entries.range(gpa..end).map(|(_, e)| e) {
+            n += 1;
+            mapped &= e.state == SeptState::Mapped;
+        }
+        RangeSummary {
+            all_free: n == 0,
+            all_mapped: n == pages && mapped,
+        }
+    }
+
+    /// Apply `f` to the entry of every page of `zone` in ascending order,
+    /// with `check_gpa`'s checks first and FREE pages (no entry) failing
+    /// with TDX_EPT_ENTRY_STATE_INCORRECT; stop at the first failure (pages
+    /// before it keep their change) and count the successes under `op`.
+    fn zone_walk(
+        &mut self,
+        op: SeamOp,
+        zone: &ZoneRange,
+        mut f: impl FnMut(&mut Entry) -> Result<(), (u64, u64)>,
+    ) -> SeamResult<()> {
+        let shared_bit = 1u64 << (self.gpaw - 1);
+        let covered = self.sept_covered.clone();
+        let end = zone
+            .gpa
+            .saturating_add(zone.pages.saturating_mul(PAGE_SIZE));
+        let mut it = self.entries.range_mut(zone.gpa..end);
+        let mut done = 0u64;
+        let mut problem = None;
+        for i in 0..zone.pages {
+            let gpa = zone.gpa + i * PAGE_SIZE;
+            if gpa % PAGE_SIZE != 0 || gpa >= shared_bit {
+                problem = Some((gpa, (tdx::TDX_OPERAND_INVALID, tdx::OPERAND_ID_RCX)));
+                break;
+            }
+            if !covered.contains(&gpa) {
+                problem = Some((gpa, (tdx::TDX_EPT_WALK_FAILED, tdx::OPERAND_ID_RCX)));
+                break;
+            }
+            let r = match it.next() {
+                Some((g, e)) if *g == gpa => f(e),
+                // no entry at gpa: the page is FREE
+                _ => Err((tdx::TDX_EPT_ENTRY_STATE_INCORRECT, tdx::OPERAND_ID_RCX)),
+            };
+            if let Err(p) = r {
+                problem = Some((gpa, p));
+                break;
+            }
+            done += 1;
+        }
+        match op {
+            SeamOp::RangeBlock => self.stats.block += done,
+            SeamOp::RangeUnblock => self.stats.unblock += done,
+            _ => {}
+        }
+        match problem {
+            None => Ok(()),
+            Some((gpa, (class, operand))) => Err(self.fail(op, Some(gpa), class, operand)),
+        }
     }
 
     fn fail(&mut self, op: SeamOp, gpa: Option<Gpa>, class: u64, operand: u64) -> SeamError {
@@ -474,13 +557,54 @@ impl SeamOps for SeptModel {
     }
 
     fn kick_vcpus(&mut self) -> SeamResult<()> {
-        let vcpus: Vec<u32> = self.running.keys().copied().collect();
-        for v in vcpus {
-            self.vcpu_exit(v);
-            self.vcpu_enter(v);
+        // Every running vCPU leaves and re-enters: it moves to the current
+        // epoch (in place: no allocation on the RESUME path).
+        let epoch = self.td_epoch;
+        for e in self.running.values_mut() {
+            self.refcount[(*e & 1) as usize] -= 1;
+            self.refcount[(epoch & 1) as usize] += 1;
+            *e = epoch;
         }
         self.stats.kicks += 1;
         Ok(())
+    }
+
+    // Zone batches: one walk over the zone's entries instead of several
+    // tree look-ups per page. Same checks, statuses, order and
+    // stop-at-first-failure behaviour as the per-page defaults (which
+    // `tests::zone_batches_match_per_page_ops` compares them with).
+    fn block_zone(&mut self, zone: &ZoneRange) -> SeamResult<()> {
+        let epoch = self.td_epoch;
+        self.zone_walk(SeamOp::RangeBlock, zone, |e| {
+            e.state = match e.state {
+                SeptState::Mapped => SeptState::Blocked,
+                SeptState::Pending => SeptState::PendingBlocked,
+                SeptState::Blocked | SeptState::PendingBlocked => {
+                    return Err((tdx::TDX_GPA_RANGE_ALREADY_BLOCKED, tdx::OPERAND_ID_RCX))
+                }
+                SeptState::Free => {
+                    return Err((tdx::TDX_EPT_ENTRY_STATE_INCORRECT, tdx::OPERAND_ID_RCX))
+                }
+            };
+            e.bepoch = epoch;
+            Ok(())
+        })
+    }
+
+    fn unblock_zone(&mut self, zone: &ZoneRange) -> SeamResult<()> {
+        let (td_epoch, refcount) = (self.td_epoch, self.refcount);
+        self.zone_walk(SeamOp::RangeUnblock, zone, |e| {
+            let new = match e.state {
+                SeptState::Blocked => SeptState::Mapped,
+                SeptState::PendingBlocked => SeptState::Pending,
+                _ => return Err((tdx::TDX_EPT_ENTRY_STATE_INCORRECT, tdx::OPERAND_ID_RCX)),
+            };
+            if !tlb_tracked(td_epoch, refcount, e.bepoch) {
+                return Err((tdx::TDX_TLB_TRACKING_NOT_DONE, tdx::OPERAND_ID_SEPT));
+            }
+            e.state = new;
+            Ok(())
+        })
     }
 
     fn vcpu_enter(&mut self, vcpu: u32) {
@@ -511,6 +635,108 @@ mod tests {
             .status()
             .expect("TDX status")
             .class()
+    }
+
+    /// The zone batches (`block_zone`, `unblock_zone`: one walk) give
+    /// exactly what the per-page defaults give: result, page states,
+    /// epochs and counters, from every mix of page states.
+    #[test]
+    fn zone_batches_match_per_page_ops() {
+        const N: u64 = 6;
+        let zone = |gpa| ZoneRange {
+            gpa,
+            hpa: H,
+            pages: N,
+        };
+        let per_page_block = |m: &mut SeptModel, z: &ZoneRange| -> SeamResult<()> {
+            for (g, _) in z.iter() {
+                m.range_block(g)?;
+            }
+            Ok(())
+        };
+        let per_page_unblock = |m: &mut SeptModel, z: &ZoneRange| -> SeamResult<()> {
+            for (g, _) in z.iter() {
+                m.range_unblock(g)?;
+            }
+            Ok(())
+        };
+        let snapshot = |m: &SeptModel| {
+            let pages: Vec<_> = m.pages().collect();
+            let tracked: Vec<_> = m.pages().map(|(g, _, _)| m.is_tracked(g)).collect();
+            (pages, tracked, m.stats(), m.td_epoch())
+        };
+        // Each page: 0 free, 1 pending, 2 mapped, 3 blocked (untracked),
+        // 4 blocked + tracked; all 5^N mixes would be many, so walk a
+        // deterministic sample of them.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for round in 0..3000 {
+            let mut m = SeptModel::new();
+            let mut kinds = [0u64; N as usize];
+            for k in kinds.iter_mut() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *k = seed % 5;
+            }
+            if round < 5 {
+                kinds = [round; N as usize];
+            }
+            let base = G + (round % 4) * PAGE_SIZE;
+            for (i, k) in kinds.iter().enumerate() {
+                let g = base + i as u64 * PAGE_SIZE;
+                let h = H + (i as u64 + 1) * PAGE_SIZE;
+                if *k >= 1 {
+                    m.page_aug(g, h).unwrap();
+                }
+                if *k >= 2 {
+                    m.page_accept(g).unwrap();
+                }
+                if *k >= 3 {
+                    m.range_block(g).unwrap();
+                }
+            }
+            if kinds.contains(&4) {
+                m.track().unwrap();
+            }
+            // a vCPU in the old epoch keeps some blocks untracked
+            if round % 3 == 0 {
+                m.vcpu_enter(7);
+            }
+            for (batch, per_page) in [
+                (
+                    SeptModel::block_zone as fn(&mut SeptModel, &ZoneRange) -> SeamResult<()>,
+                    &per_page_block as &dyn Fn(&mut SeptModel, &ZoneRange) -> SeamResult<()>,
+                ),
+                (SeptModel::unblock_zone, &per_page_unblock),
+            ] {
+                let (mut a, mut b) = (m.clone(), m.clone());
+                let ra = batch(&mut a, &zone(base));
+                let rb = per_page(&mut b, &zone(base));
+                assert_eq!(ra, rb, "round {round} kinds {kinds:?}");
+                assert_eq!(snapshot(&a), snapshot(&b), "round {round} kinds {kinds:?}");
+                let s = a.range_summary(base, N);
+                let states: Vec<SeptState> = zone(base).iter().map(|(g, _)| a.state(g)).collect();
+                assert_eq!(s.all_free, states.iter().all(|x| *x == SeptState::Free));
+                assert_eq!(s.all_mapped, states.iter().all(|x| *x == SeptState::Mapped));
+            }
+        }
+        // GPAs the walk refuses before looking at entries
+        let mut m = SeptModel::new();
+        let bad = ZoneRange {
+            gpa: G + 1,
+            hpa: H,
+            pages: 1,
+        };
+        assert_eq!(m.clone().block_zone(&bad), per_page_block(&mut m, &bad));
+        let outside = ZoneRange {
+            gpa: ZONE_GPA_BASE + ZONE_GPA_SIZE - PAGE_SIZE,
+            hpa: H,
+            pages: 2,
+        };
+        assert_eq!(
+            m.clone().unblock_zone(&outside),
+            per_page_unblock(&mut m, &outside)
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use tetd::abi::PAGE_SIZE;
 
 use super::EngineSeam;
 use crate::seam::{Gpa, Hpa, SeamError, SeamOp, SeamOps, SeamResult, ZoneRange};
-use crate::seam_model::{SeptModel, SeptState};
+use crate::seam_model::SeptModel;
 use crate::vmm::{VmMemoryControl, ZonePool, ZoneSlot};
 
 #[derive(Debug, Clone, Copy)]
@@ -127,9 +127,11 @@ impl KvmSeam {
             return Ok(());
         };
         let r = t.range(start);
-        let states: Vec<SeptState> = r.iter().map(|(g, _)| self.model.state(g)).collect();
-        let all_free = states.iter().all(|s| *s == SeptState::Free);
-        let accessible = states.iter().all(|s| *s == SeptState::Mapped);
+        // one walk over the zone's model entries, no allocation (this runs
+        // at every VMM_ENTER and VMM_RESUME)
+        let summary = self.model.range_summary(start, t.pages);
+        let all_free = summary.all_free;
+        let accessible = summary.all_mapped;
         let backend = |msg: String| SeamError::Backend {
             op,
             gpa: Some(start),
