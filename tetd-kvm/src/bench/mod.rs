@@ -211,6 +211,8 @@ pub fn run(cfg: &BenchConfig) -> Report {
         let images = r.as_ref().ok().cloned();
         record(&mut rep, &mut failed, Section::Tools, r.map(|_| ()), t);
         images
+    } else if !cfg.wants(Section::Sim) && !cfg.wants(Section::Guest) {
+        None
     } else {
         match tools::build_images(cfg) {
             Ok(i) => Some(i),

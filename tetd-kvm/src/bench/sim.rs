@@ -177,7 +177,7 @@ fn calls(cfg: &BenchConfig, echo: &[u8], rep: &mut Report) -> SectionResult<()> 
             Unit::Ns,
             summary(&s)?,
             Some(("one bare syscall (getppid)", baseline)),
-            "echo, simulator: in-process, no exit; watchdog armed per call",
+            "echo, simulator: in-process, no exit; no watchdog (timeout 0)",
         );
     }
     Ok(())
