@@ -587,7 +587,12 @@ impl<P: Platform, const IMAGES: usize, const AGENTS: usize> Registry<P, IMAGES, 
             .iter()
             .position(|a| a.is_none())
             .ok_or(Error::TableFull)?;
-        platform.agent_event(AgentEvent::Registered { id, dynamic: true })?;
+        platform.agent_event(AgentEvent::Registered {
+            id,
+            dynamic: true,
+            mode: caller.mode,
+            flags: caller.flags,
+        })?;
         let mut raw = [0u8; AGENT_NAME_LEN];
         raw[..name.len()].copy_from_slice(name);
         agents[slot] = Some(Agent {

@@ -149,6 +149,10 @@ pub enum AgentEvent {
         id: u32,
         /// Registered at run time.
         dynamic: bool,
+        /// Its mode (a dynamic entry inherits its registrar's).
+        mode: Mode,
+        /// Its `AGENT_FLAG_*` (a dynamic entry inherits its registrar's).
+        flags: u32,
     },
     /// An admin disabled the agent.
     Disabled {

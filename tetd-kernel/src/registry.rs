@@ -274,6 +274,8 @@ impl<P: Platform, const IMAGES: usize, const AGENTS: usize> Registry<P, IMAGES, 
             if let Err(error) = self.platform.agent_event(AgentEvent::Registered {
                 id: a.id,
                 dynamic: false,
+                mode: a.mode,
+                flags: a.flags,
             }) {
                 for b in img.agents().take(registered) {
                     let _ = self

@@ -23,6 +23,12 @@
 //! * **dynamic registration** (examples/registrar): entries registered at
 //!   run time are callable, collisions are refused, the encrypted
 //!   registrar's entry needs (and gets) its own session;
+//! * **the host's agent table**: after the run TETD-H holds every agent id
+//!   of the loaded images (static and dynamic) as an alias of its image's
+//!   zone, with the agent's flags; it saw agents 20 and 40 disabled and
+//!   re-enabled (its events); it refuses colliding registrations itself
+//!   (probed on the live table after the guest ended), and the module
+//!   refuses agent ids in the zones' id range;
 //! * **measurements**: `tetdctl measurements` (the module's event log and
 //!   expected RTMR3), `tetd::measure` over the image files in load order,
 //!   and TETD-H's own RTMR3 model value after the run all agree; so do the
@@ -41,8 +47,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use run_util::{allow_list, example, hex, key, measurement, root, scratch, sign, unhex};
+use tetd::abi::regs::HypercallArgs;
+use tetd::abi::{access, Error as AbiError, Leaf, Mode, AGENT_FLAG_ADMIN};
 use tetd::session::{DATA_HEADER_LEN, TAG_LEN};
-use tetd_kvm::hv::{select_engine, Engine, EngineChoice, TetdHandler, TetdOptions, TetdReport};
+use tetd_kvm::hv::{
+    select_engine, Engine, EngineChoice, EngineSeam, TetdHandler, TetdOptions, TetdReport,
+};
+use tetd_kvm::notify::{Event, EventKind, Subscription};
 use tetd_kvm::qemu::{QemuHandle, QemuVm};
 use tetd_kvm::session::{Session as Client, SessionError};
 use tetd_kvm::shell::{ConsoleLink, GuestShell, GUEST_SHELL_LOOP};
@@ -155,29 +166,69 @@ impl Console {
     }
 }
 
-type Run = std::thread::JoinHandle<Result<(VmOutcome, TetdReport), VmmError>>;
+/// What the host's live table answered to the collision probes.
+type Probes = Vec<(&'static str, Result<[u64; 3], AbiError>)>;
+type Run = std::thread::JoinHandle<Result<(VmOutcome, TetdReport, Probes), VmmError>>;
 
-/// Boots `config` on `engine` with a fresh TETD-H in a thread.
-fn start(engine: Engine, config: VmConfig) -> (Console, Run) {
+/// After the guest ended, on TETD-H's live table: registrations that collide
+/// with ids the guest registered (the guest's own registry refuses these
+/// before they reach the host, so they are sent here directly).
+fn probe_collisions<S: EngineSeam>(h: &mut TetdHandler<S>) -> Probes {
+    let zone_of =
+        |h: &TetdHandler<S>, id: u32| h.td().agent(id).and_then(|a| a.alias_of).unwrap_or(0) as u64;
+    let registrar = zone_of(h, 30);
+    let secure = zone_of(h, 20);
+    let alias = access::encode_alias(Mode::Exclusive, 0);
+    let probes: [(&'static str, [u64; 4]); 4] = [
+        ("dynamic id 40 again", [40, 0, alias, registrar]),
+        ("static id 20 in another zone", [20, 0, alias, registrar]),
+        (
+            "a zone over agent id 1",
+            [1, 1, access::encode(Mode::Exclusive, 0), 0],
+        ),
+        ("an agent over a zone id", [secure, 0, alias, registrar]),
+    ];
+    probes
+        .iter()
+        .map(|(what, args)| {
+            let call = HypercallArgs {
+                leaf: Leaf::AgentAccess as u64,
+                args: *args,
+            };
+            (*what, h.handle(0, call).into_result())
+        })
+        .collect()
+}
+
+/// Boots `config` on `engine` with a fresh TETD-H in a thread; the
+/// subscription sees TETD-H's events.
+fn start(engine: Engine, config: VmConfig) -> (Console, Run, Subscription) {
     let opts = TetdOptions::default();
+    let sub = opts.notifier.subscribe(1 << 16).unwrap();
     match engine {
         Engine::Qemu => {
             let h = TetdHandler::qemu(&opts).unwrap();
             let vm = QemuVm::new(config).unwrap();
             let c = Console::Qemu(vm.handle());
-            (
-                c,
-                std::thread::spawn(move || vm.run(h).map(|(o, h)| (o, h.report()))),
-            )
+            let run = std::thread::spawn(move || {
+                vm.run(h).map(|(o, mut h)| {
+                    let p = probe_collisions(&mut h);
+                    (o, h.report(), p)
+                })
+            });
+            (c, run, sub)
         }
         Engine::Kvm => {
             let h = TetdHandler::kvm(&opts).unwrap();
             let vm = Vm::new(config).unwrap();
             let c = Console::Kvm(vm.handle());
-            (
-                c,
-                std::thread::spawn(move || vm.run(h).map(|(o, h)| (o, h.report()))),
-            )
+            let run = std::thread::spawn(move || {
+                vm.run(h).map(|(o, mut h)| {
+                    let p = probe_collisions(&mut h);
+                    (o, h.report(), p)
+                })
+            });
+            (c, run, sub)
         }
     }
 }
@@ -358,7 +409,7 @@ fn issue7_in_a_real_guest() {
 
     let sel = select_engine(EngineChoice::Auto).unwrap();
     eprintln!("guest_issue7: engine {} ({})", sel.engine, sel.reason);
-    let (console, run) = start(sel.engine, config);
+    let (console, run, sub) = start(sel.engine, config);
     let _stop = StopOnDrop(console.clone());
     let sh = GuestShell::attach(console.clone(), Duration::from_secs(240))
         .unwrap_or_else(|e| panic!("guest shell: {e}\nconsole:\n{}", console.text()));
@@ -507,6 +558,11 @@ fn issue7_in_a_real_guest() {
         let c = g.call(30, format!("upper {id}").as_bytes(), None);
         assert_eq!(c.status, "DuplicateAgentId", "id {id}");
     }
+    // Ids in the range of the zones' host ids: refused by the module.
+    let reserved = access::IMAGE_ZONE_ID_BASE;
+    let c = g.call(30, format!("reverse {reserved}").as_bytes(), None);
+    assert_eq!(c.status, "InvalidArgument", "id {reserved}");
+    assert_eq!(g.call(reserved, b"x", None).status, "NotFound");
     assert!(g.run("tetdctl list", 0).contains("upper"));
     // The encrypted registrar: a session with 31 registers an encrypted
     // entry 42, which needs a session of its own.
@@ -557,7 +613,7 @@ fn issue7_in_a_real_guest() {
 
     // ---- end the VM; TETD-H's view ----------------------------------------
     g.sh.start("tetdctl exit 7").unwrap();
-    let (outcome, report) = run.join().unwrap().unwrap();
+    let (outcome, report, probes) = run.join().unwrap().unwrap();
     assert_eq!(
         outcome.exit,
         VmExit::Status {
@@ -595,9 +651,105 @@ fn issue7_in_a_real_guest() {
             "measurement TETD-H recorded for agent {first}"
         );
     }
-    let calls_20 = report.agents.iter().find(|a| a.id == 20).unwrap().calls;
+
+    // ---- TETD-H's agent table ---------------------------------------------
+    let row = |id: u32| {
+        report
+            .agents
+            .iter()
+            .find(|a| a.id == id)
+            .unwrap_or_else(|| panic!("TETD-H has no agent {id}: {:#?}", report.agents))
+    };
+    let mut zones = Vec::new();
+    for (ids, file) in [
+        (&[1][..], &files[0]),
+        (&[20, 21], &files[1]),
+        (&[5, 6], &files[2]),
+        (&[30, 31, 40, 41, 42], &files[3]),
+    ] {
+        let zone = row(ids[0])
+            .alias_of
+            .expect("agents are aliases of their zone");
+        assert!(zone >= access::IMAGE_ZONE_ID_BASE, "zone id {zone}");
+        let z = row(zone);
+        assert_eq!(z.alias_of, None);
+        assert!(z.zone.is_some(), "zone {zone} is live");
+        assert_eq!(z.measurement.map(|m| hex(&m)).as_ref(), Some(file));
+        for &id in ids {
+            let a = row(id);
+            assert_eq!(a.alias_of, Some(zone), "agent {id}");
+            assert_eq!(
+                a.state,
+                tetd_kvm::AgentState::Idle,
+                "agent {id} enabled at the end"
+            );
+            assert!(a.zone.is_none());
+        }
+        zones.push(zone);
+    }
+    zones.sort_unstable();
+    zones.dedup();
+    assert_eq!(zones.len(), 4, "one zone per image");
+    let aliases = report
+        .agents
+        .iter()
+        .filter(|a| a.alias_of.is_some())
+        .count();
+    assert_eq!(
+        aliases, 10,
+        "exactly the guest's agent ids: {:#?}",
+        report.agents
+    );
+    assert_eq!(
+        row(5).flags & AGENT_FLAG_ADMIN,
+        AGENT_FLAG_ADMIN,
+        "admin flag"
+    );
+    assert_eq!(row(6).flags & AGENT_FLAG_ADMIN, 0);
+    assert_eq!(
+        row(42).flags & tetd::abi::AGENT_FLAG_ENCRYPTED,
+        tetd::abi::AGENT_FLAG_ENCRYPTED,
+        "a dynamic entry inherits its registrar's flags"
+    );
+    // Calls are counted per image, on the zone's row.
+    let calls_20 = row(row(20).alias_of.unwrap()).calls;
     assert!(
         calls_20 >= 10,
         "TETD-H saw the secure-echo windows: {calls_20}"
     );
+    // The host saw the registrations and the admin's disable / enable.
+    let events: Vec<Event> = sub.recv().unwrap();
+    assert_eq!(sub.dropped(), 0);
+    let of = |id: u32| -> Vec<(EventKind, u64)> {
+        events
+            .iter()
+            .filter(|e| e.agent == id)
+            .map(|e| (e.kind, e.arg0))
+            .collect()
+    };
+    let z20 = u64::from(row(20).alias_of.unwrap());
+    let z30 = u64::from(row(30).alias_of.unwrap());
+    assert_eq!(
+        of(20),
+        [
+            (EventKind::Alias, z20),
+            (EventKind::Disable, 0),
+            (EventKind::Enable, 0)
+        ]
+    );
+    assert_eq!(
+        of(40),
+        [
+            (EventKind::Alias, z30),
+            (EventKind::Disable, 0),
+            (EventKind::Enable, 0)
+        ]
+    );
+    for id in [41, 42] {
+        assert_eq!(of(id), [(EventKind::Alias, z30)], "agent {id}");
+    }
+    // Collisions are refused by TETD-H too.
+    for (what, r) in &probes {
+        assert_eq!(*r, Err(AbiError::AlreadyRegistered), "{what}");
+    }
 }

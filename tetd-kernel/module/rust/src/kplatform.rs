@@ -1,8 +1,12 @@
 //! The loader core's [`Platform`] inside the guest kernel.
 //!
-//! * A zone is one host registration (AGENT_ACCESS under the image's first
-//!   agent id) of `layout.total()` pages plus the page-table pages of the
-//!   collaborative address space, mapped RW+NX with `vmap_pfn`. `view` and
+//! * A zone is one host registration (AGENT_ACCESS under the host id
+//!   `access::IMAGE_ZONE_ID_BASE + slot`) of `layout.total()` pages plus the
+//!   page-table pages of the collaborative address space, mapped RW+NX with
+//!   `vmap_pfn`. Every agent id of the image — static at load, dynamic when
+//!   registered — is an alias of it in the host's table
+//!   ([`Platform::agent_event`]); admin disable / enable reach the host as
+//!   AGENT_DISABLE / AGENT_ENABLE of the alias. `view` and
 //!   `base` are that kernel mapping: the agent sees its zone at the same
 //!   virtual address in both modes, so one relocation serves both.
 //! * The zone is reachable only inside a VMM_ENTER..VMM_RESUME window. The
@@ -17,7 +21,9 @@
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 
-use tetd::abi::{Error, Leaf, Mode, Services, AGENT_FLAGS_ALL, AGENT_RTMR_INDEX, PAGE_SIZE};
+use tetd::abi::{
+    access, Error, Leaf, Mode, Services, AGENT_FLAGS_ALL, AGENT_RTMR_INDEX, PAGE_SIZE,
+};
 use tetd::image::MEASUREMENT_LEN;
 use tetd::measure::{self, RtmrValue};
 use tetd_kernel::arch::EnterResult;
@@ -198,9 +204,20 @@ impl KPlatform {
         slots.get_mut(usize::try_from(token).ok()?)
     }
 
+    /// Every registered zone: (host id, kernel base, GPA, pages), for
+    /// /proc/tetdg_info.
+    pub fn host_zones(&self) -> impl Iterator<Item = (u32, u64, u64, u64)> + '_ {
+        (0..MAX_ZONES as u64).filter_map(|t| {
+            let z = self.slot(t)?.zone.as_ref()?;
+            Some((z.host_id, z.va as u64, z.gpa, z.pages))
+        })
+    }
+
     /// Guest-physical base of the zone behind `token` (TEST hooks).
     pub fn zone_gpa(&self, token: u64) -> Option<u64> {
-        self.slot(token).and_then(|s| s.zone.as_ref()).map(|z| z.gpa)
+        self.slot(token)
+            .and_then(|s| s.zone.as_ref())
+            .map(|z| z.gpa)
     }
 
     /// Open the zone's window (VMM_ENTER) before the core touches it.
@@ -221,6 +238,69 @@ impl KPlatform {
                 kapi::log(Level::Err, l.as_str());
             }
         }
+    }
+
+    /// Host id of the zone whose window is open: the image an agent event
+    /// belongs to (a load and a call each hold exactly one window open, and
+    /// the module mutex serialises them).
+    fn open_zone_id(&self) -> Option<u32> {
+        // SAFETY: module mutex held.
+        let slots = unsafe { &*self.slots.get() };
+        let mut open = slots
+            .iter()
+            .filter_map(|s| s.zone.as_ref())
+            .filter(|z| z.is_open());
+        match (open.next(), open.next()) {
+            (Some(z), None) => Some(z.host_id),
+            _ => None,
+        }
+    }
+
+    /// Mirror an agent registration in the host's table (an alias of its
+    /// image's zone). Not on the loopback transport (no host table).
+    fn host_register(&self, id: u32, dynamic: bool, mode: Mode, flags: u32) -> Result<(), Error> {
+        let mut l = Line::new();
+        if id >= access::IMAGE_ZONE_ID_BASE {
+            let _ = write!(
+                l,
+                "agent id {id} refused: ids from {} on are the host ids of image zones",
+                access::IMAGE_ZONE_ID_BASE
+            );
+            kapi::log(Level::Err, l.as_str());
+            return Err(Error::InvalidArgument);
+        }
+        if state::stats().transport == tetd::abi::ioctl::TRANSPORT_LOOPBACK {
+            return Ok(());
+        }
+        let Some(owner) = self.open_zone_id() else {
+            let _ = write!(l, "agent {id}: no open zone window to register it in");
+            kapi::log(Level::Err, l.as_str());
+            return Err(Error::Internal);
+        };
+        hz::register_alias(id, owner, mode, flags & AGENT_FLAGS_ALL).inspect_err(|e| {
+            let _ = write!(
+                l,
+                "host refused {} agent {id} in zone {owner} (AGENT_ACCESS): {e}",
+                if dynamic { "dynamic" } else { "static" }
+            );
+            kapi::log(Level::Err, l.as_str());
+        })
+    }
+
+    /// Mirror an admin disable / enable in the host's table.
+    fn host_set_enabled(&self, id: u32, enabled: bool) -> Result<(), Error> {
+        if state::stats().transport == tetd::abi::ioctl::TRANSPORT_LOOPBACK {
+            return Ok(());
+        }
+        hz::set_alias_enabled(id, enabled).inspect_err(|e| {
+            let mut l = Line::new();
+            let _ = write!(
+                l,
+                "host refused to {} agent {id}: {e}",
+                if enabled { "enable" } else { "disable" }
+            );
+            kapi::log(Level::Err, l.as_str());
+        })
     }
 
     /// Close every open window (after a failed load the core may have left
@@ -369,11 +449,13 @@ unsafe impl Platform for KPlatform {
         mbuf.0 = [0; 64];
         mbuf.0[..MEASUREMENT_LEN].copy_from_slice(req.image.measurement());
         let mgpa = kapi::virt_to_phys(mbuf.0.as_ptr());
+        // The zone is the host entry IMAGE_ZONE_ID_BASE + slot; the agents
+        // become aliases of it as the core registers them (agent_event).
         let mut zone = HostZone::create(
-            first.id,
+            access::IMAGE_ZONE_ID_BASE + token as u32,
             core_pages + pt_pages,
             first.mode,
-            first.flags & AGENT_FLAGS_ALL,
+            0,
             mgpa,
         )?;
         if let Err(e) = zone.open() {
@@ -479,10 +561,31 @@ unsafe impl Platform for KPlatform {
         print_agent_log(agent_id, msg);
     }
 
-    /// The first registration of a load extends RTMR3 with the image's
-    /// measurement; if that fails the core rolls the load back.
+    /// Every registration (static or dynamic) becomes an alias of the
+    /// image's zone in the host's table; the host refusing it (e.g. an id
+    /// collision) vetoes it. The first registration of a load then extends
+    /// RTMR3 with the image's measurement; if that fails the core rolls the
+    /// load back (the zone's release removes the aliases on the host). An
+    /// admin disable / enable is mirrored with AGENT_DISABLE / AGENT_ENABLE
+    /// of the alias (a refusal vetoes it). Unregistering needs no hypercall:
+    /// the image's zone is released right after (AGENT_DISABLE of the zone
+    /// removes its aliases).
     fn agent_event(&self, event: AgentEvent) -> Result<(), Error> {
-        if let AgentEvent::Registered { id, dynamic: false } = event {
+        match event {
+            AgentEvent::Registered {
+                id,
+                dynamic,
+                mode,
+                flags,
+            } => self.host_register(id, dynamic, mode, flags)?,
+            AgentEvent::Disabled { id } => return self.host_set_enabled(id, false),
+            AgentEvent::Enabled { id } => return self.host_set_enabled(id, true),
+            AgentEvent::Unregistered { .. } => return Ok(()),
+        }
+        if let AgentEvent::Registered {
+            id, dynamic: false, ..
+        } = event
+        {
             // SAFETY: module mutex held.
             if let Some((m, package)) = unsafe { (*self.pending.get()).take() } {
                 if let Err(e) = self.extend(&m, &package, id) {

@@ -152,6 +152,11 @@ mod entry {
             s.zone_bytes,
             if s.require_signed { ", signed images only" } else { "" }
         );
+        // The host's ids of the image zones (the image's agent ids are
+        // aliases of them in the host's table).
+        for (id, va, gpa, pages) in crate::ioctl::registry().platform().host_zones() {
+            let _ = writeln!(w, "  zone {id} base {va:#018x} gpa {gpa:#x} pages {pages}");
+        }
         let log = crate::ioctl::registry().platform().meas_log();
         let _ = writeln!(
             w,

@@ -1,6 +1,8 @@
 //! Secret zones in the guest: registration with the host (AGENT_ACCESS),
 //! the kernel mapping of the zone's guest-physical pages, the
-//! VMM_ENTER..VMM_RESUME window, and removal (AGENT_DISABLE).
+//! VMM_ENTER..VMM_RESUME window, and removal (AGENT_DISABLE); and the
+//! host's table of agent ids inside a zone ([`register_alias`],
+//! [`set_alias_enabled`]).
 use tetd::abi::{access, regs::HypercallRet, Error, Leaf, Mode, PAGE_SIZE, TETD_VMCALL_VENDOR};
 use tetd::abi::{ZONE_GPA_BASE, ZONE_GPA_SIZE};
 
@@ -40,9 +42,37 @@ pub fn hypercall(leaf: Leaf, args: [u64; 4]) -> Result<[u64; 3], Error> {
     }
 }
 
+/// Register agent `id` (living in the zone of host entry `owner`) with the
+/// host: AGENT_ACCESS with `access::ALIAS`. The host refuses an id it
+/// already knows (`AlreadyRegistered`).
+pub fn register_alias(id: u32, owner: u32, mode: Mode, flags: u32) -> Result<(), Error> {
+    hypercall(
+        Leaf::AgentAccess,
+        [
+            id as u64,
+            0,
+            access::encode_alias(mode, flags),
+            owner as u64,
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Tell the host an admin disabled (AGENT_DISABLE) or re-enabled
+/// (AGENT_ENABLE) agent `id` (an alias: the zone is not affected).
+pub fn set_alias_enabled(id: u32, enabled: bool) -> Result<(), Error> {
+    let leaf = if enabled {
+        Leaf::AgentEnable
+    } else {
+        Leaf::AgentDisable
+    };
+    hypercall(leaf, [id as u64, 0, 0, 0]).map(|_| ())
+}
+
 /// A zone registered with the host and mapped into the kernel.
 pub struct HostZone {
-    /// Host-side agent id (the image's first agent id).
+    /// Host-side id of the zone (`access::IMAGE_ZONE_ID_BASE` + image slot
+    /// for images; the image's agent ids are aliases of it).
     pub host_id: u32,
     /// Guest-physical base.
     pub gpa: u64,
