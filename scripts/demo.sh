@@ -69,7 +69,7 @@ cargo build --release -q -p tetd-pack -p tetd-kvm --bins || die "cargo build --r
 
 # --- 3. guest module -----------------------------------------------------------
 phase "scripts/build-module.sh: tetdg.ko + tetdctl"
-bash scripts/build-module.sh || die "scripts/build-module.sh failed (see above)"
+bash scripts/build-module.sh >&2 || die "scripts/build-module.sh failed (see above)"
 
 # --- 4. the demo -----------------------------------------------------------------
 phase "tetd-vmm demo"
