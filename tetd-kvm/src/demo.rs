@@ -517,8 +517,14 @@ pub enum Expect {
     },
     /// `unload` reports this many agents.
     Unloaded(usize),
-    /// No BUG/Oops/WARNING in `dmesg`; the refusal lines are there.
-    CleanDmesg,
+    /// No BUG/Oops/WARNING in `dmesg`; one `image rejected` line per
+    /// refused load, and one `faulted in its zone` line per contained fault.
+    CleanDmesg {
+        /// Refused loads.
+        rejected: usize,
+        /// Contained faults.
+        faults: usize,
+    },
 }
 
 /// One step of the plan.
@@ -888,12 +894,21 @@ impl DemoPlan {
             );
         }
         push(Action::Rmmod, Expect::Success, "rmmod tetdg".into(), "");
-        push(
-            Action::Dmesg,
-            Expect::CleanDmesg,
-            "dmesg: no BUG/Oops/WARNING".into(),
-            "",
-        );
+        let rejected = steps
+            .iter()
+            .filter(|s| matches!(s.expect, Expect::Refused(_)))
+            .count();
+        let faults = steps
+            .iter()
+            .filter(|s| matches!(s.expect, Expect::Faults(..)))
+            .count();
+        steps.push(Step {
+            seq: steps.len() + 1,
+            action: Action::Dmesg,
+            expect: Expect::CleanDmesg { rejected, faults },
+            label: "dmesg: no BUG/Oops/WARNING".into(),
+            note: "",
+        });
         Ok(DemoPlan {
             steps,
             images,
@@ -1389,7 +1404,10 @@ fn evaluate(step: &Step, r: Option<&GuestResult>, plan: &DemoPlan, ctx: &mut Eva
             row.pass = r.rc == 0 && out.contains(&format!("unloaded {n} agent(s)"));
             row.output = first_line(&out);
         }
-        Expect::CleanDmesg => {
+        Expect::CleanDmesg {
+            rejected: want_rejected,
+            faults: want_faults,
+        } => {
             let bad: Vec<&str> = out
                 .lines()
                 .filter(|l| {
@@ -1404,8 +1422,15 @@ fn evaluate(step: &Step, r: Option<&GuestResult>, plan: &DemoPlan, ctx: &mut Eva
                     .any(|p| l.contains(p))
                 })
                 .collect();
-            let rejected = out.lines().filter(|l| l.contains("rejected")).count();
-            row.pass = bad.is_empty();
+            let rejected = out.lines().filter(|l| l.contains("image rejected")).count();
+            let faults = out
+                .lines()
+                .filter(|l| l.contains("faulted in its zone"))
+                .count();
+            row.pass = bad.is_empty() && rejected == *want_rejected && faults == *want_faults;
+            row.check = format!(
+                "{want_rejected} image rejection(s) and {want_faults} contained fault(s) logged"
+            );
             row.result = if bad.is_empty() {
                 "clean".into()
             } else {
@@ -1414,7 +1439,7 @@ fn evaluate(step: &Step, r: Option<&GuestResult>, plan: &DemoPlan, ctx: &mut Eva
             row.output = match bad.first() {
                 Some(l) => l.trim().chars().take(70).collect(),
                 None => format!(
-                    "{} tetdg lines, {rejected} image rejection(s) logged",
+                    "{} tetdg lines: {rejected} rejection(s), {faults} fault(s)",
                     out.lines().filter(|l| l.contains("tetdg")).count()
                 ),
             };
@@ -1429,8 +1454,9 @@ fn evaluate(step: &Step, r: Option<&GuestResult>, plan: &DemoPlan, ctx: &mut Eva
 // Host view
 // ---------------------------------------------------------------------------
 
-/// TETD-H's view of one image (the host registers an image under its first
-/// agent id), next to what the guest's steps imply.
+/// TETD-H's view of one image (its zone's row in the host's table; the
+/// image's agent ids are aliases of it), next to what the guest's steps
+/// imply.
 #[derive(Debug, Clone)]
 pub struct HostImageRow {
     /// Package.
@@ -1494,7 +1520,28 @@ fn host_rows(plan: &DemoPlan, rows: &[Row], report: &TetdReport) -> Vec<HostImag
                         || r.status == Some(AbiError::StackOverflow as u64)
                 })
                 .count() as u64;
-            let entry = report.agents.iter().find(|a| a.id == img.first_id());
+            // The image's counters live on its zone's row; its agent ids are
+            // aliases of it (docs/protocol.md, AGENT_ACCESS aliases), removed
+            // from the table when the unload releases the zone: then the
+            // call log says which zone the first agent was registered in.
+            let first = img.first_id();
+            let zone_id = report
+                .agents
+                .iter()
+                .find(|a| a.id == first)
+                .and_then(|a| a.alias_of)
+                .or_else(|| {
+                    report.calls.iter().rev().find_map(|c| {
+                        let a = c.call.args;
+                        (c.call.leaf == tetd::abi::Leaf::AgentAccess as u64
+                            && a[0] == u64::from(first)
+                            && tetd::abi::access::is_alias(a[2])
+                            && c.ret.status == 0)
+                            .then_some(a[3] as u32)
+                    })
+                })
+                .unwrap_or(first);
+            let entry = report.agents.iter().find(|a| a.id == zone_id);
             HostImageRow {
                 package: img.package.clone(),
                 id: img.first_id(),
