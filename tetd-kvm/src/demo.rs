@@ -2506,6 +2506,209 @@ mod tests {
         assert_eq!(error_code("(Ex)"), None);
     }
 
+    fn plan(steps: Vec<(Action, Expect)>) -> DemoPlan {
+        DemoPlan {
+            steps: steps
+                .into_iter()
+                .enumerate()
+                .map(|(i, (action, expect))| Step {
+                    seq: i + 1,
+                    action,
+                    expect,
+                    label: format!("step {}", i + 1),
+                    note: "why",
+                })
+                .collect(),
+            images: Vec::new(),
+            files: Vec::new(),
+            tamper_offset: 0,
+        }
+    }
+
+    fn result(rc: i64, out: &str, err: &str) -> GuestResult {
+        GuestResult {
+            seq: 1,
+            rc,
+            stdout: out.as_bytes().to_vec(),
+            stderr: err.as_bytes().to_vec(),
+        }
+    }
+
+    fn eval(action: Action, expect: Expect, r: Option<GuestResult>) -> Row {
+        let p = plan(vec![(action, expect)]);
+        evaluate(&p.steps[0], r.as_ref(), &p, &mut EvalCtx { pubkey: None })
+    }
+
+    fn echo_call() -> Action {
+        Action::Call {
+            agent: 1,
+            mode: Mode::Collaborative,
+            input: b"hi".to_vec(),
+        }
+    }
+
+    #[test]
+    fn answers_are_checked_not_assumed() {
+        let answer = |status: u32, name: &str, out: &str, fault: &str| {
+            format!(
+                "{{\"agent\":1,\"status\":{status},\"status_name\":\"{name}\",\"output_hex\":\"{out}\",\"elapsed_ns\":1500{fault}}}"
+            )
+        };
+        let ok = eval(
+            echo_call(),
+            Expect::Echo,
+            Some(result(0, &answer(0, "ok", "6869", ""), "")),
+        );
+        assert!(ok.pass, "{ok:?}");
+        assert_eq!((ok.result.as_str(), ok.latency_ns), ("ok", Some(1500)));
+        let wrong = eval(
+            echo_call(),
+            Expect::Echo,
+            Some(result(0, &answer(0, "ok", "6868", ""), "")),
+        );
+        assert!(!wrong.pass);
+        let missing = eval(echo_call(), Expect::Echo, None);
+        assert!(!missing.pass);
+        assert_eq!(missing.result, "no result");
+        // A call that should fail must fail with that error.
+        let fails = |st: u32, name: &str| {
+            eval(
+                echo_call(),
+                Expect::Fails(AbiError::Unsupported),
+                Some(result(1, &answer(st, name, "", ""), "")),
+            )
+            .pass
+        };
+        assert!(fails(11, "Unsupported"));
+        assert!(!fails(7, "Denied"));
+        assert!(!fails(0, "ok"));
+        // Contained faults: status and vector.
+        let fault = |vector: u64| {
+            eval(
+                echo_call(),
+                Expect::Faults(AbiError::Fault, 14),
+                Some(result(
+                    1,
+                    &answer(
+                        5,
+                        "Fault",
+                        "",
+                        &format!(",\"fault\":{{\"vector\":{vector},\"error_code\":3,\"address\":1,\"rip_offset\":513}}"),
+                    ),
+                    "",
+                )),
+            )
+        };
+        assert!(fault(14).pass);
+        assert_eq!(fault(14).output, "vector 14 at image offset 0x201");
+        assert!(!fault(13).pass);
+        // SHA-256 against the host's own digest.
+        let sha = Action::Call {
+            agent: 2,
+            mode: Mode::Exclusive,
+            input: b"abc".to_vec(),
+        };
+        let digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert!(
+            eval(
+                sha.clone(),
+                Expect::Sha256,
+                Some(result(0, &answer(0, "ok", digest, ""), ""))
+            )
+            .pass
+        );
+        assert!(
+            !eval(
+                sha,
+                Expect::Sha256,
+                Some(result(
+                    0,
+                    &answer(0, "ok", &digest.replace('b', "c"), ""),
+                    ""
+                ))
+            )
+            .pass
+        );
+    }
+
+    #[test]
+    fn refusals_need_the_right_code() {
+        let load = || Action::Load("x.tetd".into());
+        let msg = "tetdctl: load /tetd/x.tetd: signature invalid (E110): image signature does not verify\n";
+        let r = eval(
+            load(),
+            Expect::Refused(AbiError::BadSignature),
+            Some(result(1, "", msg)),
+        );
+        assert!(r.pass, "{r:?}");
+        assert_eq!(r.result, "refused: BadSignature");
+        assert_eq!(r.output, "image signature does not verify");
+        assert!(
+            !eval(
+                load(),
+                Expect::Refused(AbiError::SignerNotAllowed),
+                Some(result(1, "", msg))
+            )
+            .pass
+        );
+        // Loaded although it should have been refused.
+        let r = eval(
+            load(),
+            Expect::Refused(AbiError::BadSignature),
+            Some(result(0, "loaded /tetd/x.tetd: 1 agent(s): 3\n", "")),
+        );
+        assert!(!r.pass);
+        assert_eq!(r.result, "loaded");
+        // Loads report the manifest's ids.
+        let out = "loaded /tetd/x.tetd: 5 agent(s): 20 21 22 23 24\n";
+        assert!(
+            eval(
+                load(),
+                Expect::Loaded(vec![20, 21, 22, 23, 24]),
+                Some(result(0, out, ""))
+            )
+            .pass
+        );
+        assert!(!eval(load(), Expect::Loaded(vec![20]), Some(result(0, out, ""))).pass);
+    }
+
+    #[test]
+    fn dmesg_must_be_clean_and_complete() {
+        let want = Expect::CleanDmesg {
+            rejected: 1,
+            faults: 1,
+        };
+        let good = "[1] tetdg: image rejected: x\n[2] tetdg: agent 21 faulted in its zone: y\n";
+        assert!(eval(Action::Dmesg, want.clone(), Some(result(0, good, ""))).pass);
+        let oops = format!("{good}[3] BUG: kernel NULL pointer dereference\n");
+        let r = eval(Action::Dmesg, want.clone(), Some(result(0, &oops, "")));
+        assert!(!r.pass);
+        assert!(r.output.contains("BUG:"), "{r:?}");
+        let missing = "[1] tetdg: image rejected: x\n";
+        assert!(!eval(Action::Dmesg, want, Some(result(0, missing, ""))).pass);
+    }
+
+    #[test]
+    fn script_runs_every_step_and_marks_the_end() {
+        let p = plan(vec![
+            (Action::Insmod, Expect::Success),
+            (echo_call(), Expect::Echo),
+            (Action::Unload(1), Expect::Unloaded(1)),
+        ]);
+        let s = p.script();
+        assert!(
+            s.contains("\nstep 1 insmod /tetd/tetdg.ko require_signed=1 test_ioctl=1\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("\nstep 2 $T call 1 --mode collaborative --json --hex 6869\n"),
+            "{s}"
+        );
+        assert!(s.contains("\nstep 3 $T unload 1\n"), "{s}");
+        assert!(s.contains("echo \"TETD-RESULTS-END 3\""), "{s}");
+        assert!(s.contains("dmesg -n 1"));
+    }
+
     #[test]
     fn table_pads_columns() {
         let mut t = Table::new(&["a", "bb", "c"]);
