@@ -39,7 +39,7 @@ use tetd_kvm::SeptModel;
 const HOSTILE: u32 = 40;
 /// CHECK lines attack-guest.sh prints: its own checks plus one per case of
 /// `tetdctl attack ioctls` (update both when adding checks).
-const EXPECTED_CHECKS: usize = 115;
+const EXPECTED_CHECKS: usize = 116;
 
 fn artefacts(root: &Path) -> Result<Vec<(PathBuf, String)>, String> {
     let files = [
@@ -172,10 +172,16 @@ fn judge<S: EngineSeam>(
     }
 
     // B. The raw leaves and the race reached TETD-H.
+    // Calls enter through the zone's host id; agent 40 is an alias of it.
+    let hostile_zone = h
+        .td()
+        .agent(HOSTILE)
+        .and_then(|a| a.alias_of)
+        .expect("agent 40 is an alias of its image's zone");
     let calls: Vec<_> = h.calls().copied().collect();
     let race_enters: Vec<_> = calls
         .iter()
-        .filter(|c| c.call.leaf == Leaf::VmmEnter as u64 && c.call.args[0] == HOSTILE as u64)
+        .filter(|c| c.call.leaf == Leaf::VmmEnter as u64 && c.call.args[0] == hostile_zone as u64)
         .collect();
     let busy = race_enters
         .iter()
@@ -194,7 +200,7 @@ fn judge<S: EngineSeam>(
     // F. The VM ended inside agent 40's call.
     let td = h.td();
     assert_eq!(
-        td.agent(HOSTILE).unwrap().state,
+        td.agent(hostile_zone).unwrap().state,
         AgentState::Running { vcpu: 0 },
         "killed mid-call"
     );
@@ -203,7 +209,10 @@ fn judge<S: EngineSeam>(
         .filter(|a| a.state != AgentState::Disabled)
         .map(|a| a.id)
         .collect();
-    assert!(live.contains(&1) && live.contains(&HOSTILE), "{live:?}");
+    assert!(
+        live.contains(&1) && live.contains(&HOSTILE) && live.contains(&hostile_zone),
+        "{live:?}"
+    );
     model(td.seam()).check_consistency().unwrap();
     let sub = notifier.subscribe(1024).unwrap();
     h.vcpus_stopped(2);

@@ -24,6 +24,9 @@ st_on() { c=$1; shift; taskset -c "$c" $T attack hypercall "$@" 2>&1 | sed -n 's
 zone_of() { # package -> zone base from /proc/tetdg_info
     awk -v p="$1" '$2==p && $4 ~ /^0x/ {print $4; exit}' /proc/tetdg_info
 }
+hostid_of() { # package -> the host id of its zone (its agent ids are aliases)
+    b=$(zone_of "$1"); awk -v b="$b" '$1=="zone" && $4==b {print $2; exit}' /proc/tetdg_info
+}
 
 insmod /tetd/tetdg.ko test_ioctl=1 && pass insmod || { fail insmod "rc $?"; $T exit 2; }
 # A host answers (not the loopback transport): uart under QEMU, port I/O on KVM.
@@ -33,6 +36,9 @@ case "$(cat /proc/tetdg_info)" in
 esac
 contains load-echo "$($T load /tetd/echo.tetd 2>&1)" "1 agent(s): 1"
 contains load-hostile "$($T load /tetd/hostile.tetd 2>&1)" "1 agent(s): 40"
+# The raw leaves name the zones' host ids (docs/protocol.md: aliases).
+E=$(hostid_of echo); H40=$(hostid_of hostile)
+echo "OBSERVED host-ids echo $E hostile $H40"
 
 # --- A. the kernel touches a zone outside any window -----------------------
 check call-secret "$($T call 1 --input SECRET-0123456789)" "SECRET-0123456789"
@@ -44,28 +50,29 @@ check echo-after-zone-write "$($T call 1 --input abc)" "abc"
 # --- B. hypercall-level attacks through the module's transport -------------
 check enter-unknown-agent "$(st 2 999 --vcpu-arg1)" UnknownAgent
 check resume-unknown-agent "$(st 3 999 --vcpu-arg1)" UnknownAgent
-check enter-claiming-another-vcpu "$(st 2 1 7)" InvalidArgument
-check enter-reserved-argument "$(st 2 1 0 1 --vcpu-arg1)" InvalidArgument
-check resume-without-enter "$(st 3 1 --vcpu-arg1)" NotRunning
+check enter-claiming-another-vcpu "$(st 2 $E 7)" InvalidArgument
+check enter-reserved-argument "$(st 2 $E 0 1 --vcpu-arg1)" InvalidArgument
+check resume-without-enter "$(st 3 $E --vcpu-arg1)" NotRunning
 check access-registered-id-again "$(st 1 1 4)" AlreadyRegistered
-check enter-behind-the-module "$(st_on 0 2 1 --vcpu-arg1)" ok
-check enter-twice "$(st_on 0 2 1 --vcpu-arg1)" AlreadyRunning
+check enter-an-agent-id-not-its-zone "$(st 2 1 --vcpu-arg1)" AliasEntry
+check enter-behind-the-module "$(st_on 0 2 $E --vcpu-arg1)" ok
+check enter-twice "$(st_on 0 2 $E --vcpu-arg1)" AlreadyRunning
 contains module-call-while-window-open "$($T call 1 --input x 2>&1)" "(E203)"
-check disable-while-running "$(st 4 1)" AlreadyRunning
-check resume-from-the-other-cpu "$(st_on 1 3 1 --vcpu-arg1)" NotOwner
-check resume "$(st_on 0 3 1 --vcpu-arg1)" ok
-check resume-replayed "$(st_on 0 3 1 --vcpu-arg1)" NotRunning
-check fault-report-while-idle "$(st 7 1 14)" NotRunning
+check disable-while-running "$(st 4 $E)" AlreadyRunning
+check resume-from-the-other-cpu "$(st_on 1 3 $E --vcpu-arg1)" NotOwner
+check resume "$(st_on 0 3 $E --vcpu-arg1)" ok
+check resume-replayed "$(st_on 0 3 $E --vcpu-arg1)" NotRunning
+check fault-report-while-idle "$(st 7 $E 14)" NotRunning
 check unknown-leaf "$(st 0x77 1)" UnknownLeaf
 check echo-after-leaf-attacks "$($T call 1 --input fine)" "fine"
-check disable-behind-the-module "$(st 4 1)" ok
+check disable-behind-the-module "$(st 4 $E)" ok
 contains module-call-after-host-disable "$($T call 1 --input x 2>&1)" "(E12)"
 contains unload-after-host-disable "$($T unload 1 2>&1)" "unloaded 1 agent(s)"
 contains reload-echo "$($T load /tetd/echo.tetd 2>&1)" "1 agent(s): 1"
 check echo-reloaded "$($T call 1 --input again)" "again"
 
 # --- two CPUs race into one agent ------------------------------------------
-out=$($T attack race 40 --rounds 10 2>&1); echo "$out"
+out=$($T attack race $H40 --rounds 10 2>&1); echo "$out"
 contains race-one-winner-per-round "$out" "one-winner 10 busy 10 not-owner 10 resumed 10 other 0"
 
 # --- fuzzing the host through the guest ------------------------------------
@@ -123,7 +130,7 @@ case "$(dmesg)" in
 esac
 
 # --- F. killed mid-call: a window open behind the module, then the VM ends --
-check enter-before-exit "$(st_on 0 2 40 --vcpu-arg1)" ok
+check enter-before-exit "$(st_on 0 2 $H40 --vcpu-arg1)" ok
 echo "ATTACK-GUEST-DONE"
 $T exit 3
 echo "not reached"

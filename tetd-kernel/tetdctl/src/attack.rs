@@ -104,7 +104,8 @@ pub enum AttackCmd {
     /// Two processes on CPUs 0 and 1 VMM_ENTER agent ID at the same moment,
     /// ROUNDS times; the loser also tries to VMM_RESUME the winner's call.
     Race {
-        /// Host agent id (an image's first agent id).
+        /// Host id of an image's zone (`zone ID` in /proc/tetdg_info; the
+        /// agent ids are aliases, which VMM_ENTER refuses).
         id: u32,
         /// Rounds.
         #[arg(long, default_value_t = 20)]
