@@ -8,6 +8,9 @@
 #   scripts/bench.sh              full run (a few minutes on a 2-core machine)
 #   scripts/bench.sh --quick      tiny iteration counts (smoke run)
 #   scripts/bench.sh --only sim   one section (tools, sim, host, kvm, guest); repeatable
+#   scripts/bench.sh --update-docs  full run, then the table in docs/performance.md
+#                                   (between its bench-table markers) is replaced
+#                                   by this run's target/bench/report.md
 #
 # Sections whose prerequisites are missing (no /dev/kvm, no guest kernel) are
 # listed as not measured; run scripts/setup.sh first for the guest section.
@@ -15,6 +18,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { echo "bench.sh: $*" >&2; }
+
+UPDATE_DOCS=0
+if [ "${1:-}" = "--update-docs" ]; then
+    UPDATE_DOCS=1
+    shift
+fi
 
 log "building release binaries (tetd-vmm, tetd-pack)"
 cargo build -q --release -p tetd-kvm -p tetd-pack --bins
@@ -29,4 +38,16 @@ else
     log "no guest kernel (scripts/setup.sh): the guest section will be skipped"
 fi
 
-exec ./target/release/tetd-vmm bench "$@"
+rc=0
+./target/release/tetd-vmm bench "$@" || rc=$?
+if [ "$UPDATE_DOCS" = 1 ] && [ "$rc" = 0 ]; then
+    DOC=docs/performance.md
+    grep -q '<!-- bench-table:begin -->' "$DOC" || { log "$DOC has no bench-table markers"; exit 2; }
+    # the report minus its title line, between the markers
+    awk -v report=target/bench/report.md '
+        /<!-- bench-table:begin -->/ { print; while ((getline l < report) > 0) if (l !~ /^# /) print l; skip = 1; next }
+        /<!-- bench-table:end -->/ { skip = 0 }
+        !skip { print }' "$DOC" > "$DOC.tmp" && mv "$DOC.tmp" "$DOC"
+    log "updated $DOC from target/bench/report.md"
+fi
+exit "$rc"

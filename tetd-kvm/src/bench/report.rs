@@ -209,8 +209,14 @@ impl Report {
         );
         let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|---:|---:|");
         for f in &self.figures {
+            // a per-page figure is compared with a whole operation
+            let bunit = if f.unit == Unit::NsPerPage {
+                Unit::Ns
+            } else {
+                f.unit
+            };
             let (bw, bv) = match &f.baseline {
-                Some(b) => (b.what.clone(), f.unit.format(b.value.median)),
+                Some(b) => (b.what.clone(), bunit.format(b.value.median)),
                 None => ("—".into(), "—".into()),
             };
             let ratio = f.ratio().map_or("—".into(), |r| {
