@@ -64,9 +64,18 @@ fn hostile(ctx: &mut Call) -> Result<()> {
     let input = core::str::from_utf8(ctx.input()).map_err(|_| Error::InvalidInput)?;
     let mut it = input.split_ascii_whitespace();
     let op = it.next().ok_or(Error::InvalidInput)?;
-    let ptr = it.next().map_or(Some(0), parse_hex).ok_or(Error::InvalidInput)?;
-    let len: usize = it.next().map_or(Ok(0), str::parse).map_err(|_| Error::InvalidInput)?;
-    let arg: u64 = it.next().map_or(Ok(0), str::parse).map_err(|_| Error::InvalidInput)?;
+    let ptr = it
+        .next()
+        .map_or(Some(0), parse_hex)
+        .ok_or(Error::InvalidInput)?;
+    let len: usize = it
+        .next()
+        .map_or(Ok(0), str::parse)
+        .map_err(|_| Error::InvalidInput)?;
+    let arg: u64 = it
+        .next()
+        .map_or(Ok(0), str::parse)
+        .map_err(|_| Error::InvalidInput)?;
     // The pointers are opaque to the compiler: whatever the runtime does
     // with them is what is tested.
     let ptr = core::hint::black_box(ptr);
@@ -103,7 +112,8 @@ fn hostile(ctx: &mut Call) -> Result<()> {
             if ptr == 0 {
                 return Err(Error::InvalidInput); // a null fn pointer cannot exist
             }
-            let entry: AgentEntry = unsafe { core::mem::transmute::<usize, AgentEntry>(ptr as usize) };
+            let entry: AgentEntry =
+                unsafe { core::mem::transmute::<usize, AgentEntry>(ptr as usize) };
             code(ctx.register_entry(arg as u32, "hostile-dyn", entry))
         }
         "a" => {
