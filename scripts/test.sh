@@ -33,6 +33,11 @@ if [ -f scripts/build-module.sh ]; then
   bash scripts/build-module.sh
 fi
 
+# Images of the guest attack suite (tetd-kvm/tests/attack_guest.rs boots the
+# guest with them during cargo test; docs/threat-model.md).
+step "guest attack suite: tetd-kernel/module/tests/attack.sh --prepare"
+TETD_ATTACK_REBUILD=0 bash tetd-kernel/module/tests/attack.sh --prepare
+
 # Guest end-to-end tests: a Debian 6.1 guest under tetd-vmm with TETD-H
 # attached (48 checks of tetdg.ko/tetdctl). The demo's own end-to-end test
 # (tetd-kvm/tests/demo_e2e.rs) runs with cargo test below.

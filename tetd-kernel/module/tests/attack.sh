@@ -10,6 +10,8 @@
 #                                               images into build/ (scripts/test.sh
 #                                               runs this before `cargo test`)
 #   tetd-kernel/module/tests/attack.sh             prepare, then run the suite (~1 min)
+# TETD_ATTACK_REBUILD=0 keeps an existing build/module/tetdg.ko (scripts/test.sh
+# has just built it).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$ROOT"
