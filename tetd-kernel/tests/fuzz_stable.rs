@@ -9,7 +9,7 @@
 //! boundary values, byte flips, truncation, splices, insertions — each
 //! input is tried as-is and with its measurement recomputed, so mutations
 //! reach the structural checks and the loader instead of stopping at the
-//! measurement. Case counts are chosen to keep this file at about 20 s in
+//! measurement. Case counts are chosen to keep this file at about 15 s in
 //! a debug build; `TETD_FUZZ_CASES=N` overrides the image count.
 
 mod fuzz_oracles;
@@ -52,7 +52,7 @@ fn image_cases() -> u32 {
     std::env::var("TETD_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(600)
+        .unwrap_or(800)
 }
 
 /// Every seed is a valid image today (else: rerun make-seeds.sh).

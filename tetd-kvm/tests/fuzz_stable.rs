@@ -14,7 +14,7 @@ fn cases() -> u32 {
     std::env::var("TETD_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000)
+        .unwrap_or(4000)
 }
 
 proptest! {
