@@ -370,6 +370,10 @@ fn two_vcpus_race_to_enter_one_agent() {
     assert_eq!(enters.len() as u64, 2 * ROUNDS);
     // Every ENTER named the vCPU KVM reported.
     assert!(enters.iter().all(|c| c.call.args[1] == c.vcpu as u64));
+    // The other vCPU was always running in the TD: the TRACK of each RESUME
+    // met it in the old epoch and took the kick path.
+    let stats = h.td().seam().model().stats();
+    assert!(stats.kicks >= ROUNDS, "{stats:?}");
     check_host_invariants(td);
 }
 
