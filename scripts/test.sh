@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of TETD-rs: formatting, lints, unit/property tests, the
-# packer/simulator end-to-end tests and the guest end-to-end tests (real Linux
-# guest under the project's own KVM VMM; they say SKIP with the reason where
-# /dev/kvm is missing). Installs what it needs first (scripts/setup.sh).
+# packer/simulator end-to-end tests and the guest end-to-end tests (a real
+# Debian guest with tetdg.ko under tetd-vmm with TETD-H attached; engine auto:
+# KVM where /dev/kvm runs guest kernels, else QEMU/TCG — docs/engines.md; they
+# say SKIP with the reason where no engine is usable). Installs what it needs
+# first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,9 @@ for ex in examples/*/; do
     CARGO_TARGET_X86_64_UNKNOWN_NONE_RUSTFLAGS="--cfg aes_force_soft --cfg polyval_force_soft" \
     cargo clippy --manifest-path "$ex/Cargo.toml" --target x86_64-unknown-none -- -D warnings
 done
+
+# The real-TDX SEAMCALL executor only builds with this feature (docs/tdx-hardware.md).
+cargo clippy -p tetd-kvm --features tdx-hw --all-targets -- -D warnings
 
 if [ -f scripts/build-module.sh ]; then
   step "guest module tetdg.ko and tetdctl"
