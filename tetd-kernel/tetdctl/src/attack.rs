@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Subcommand, ValueEnum};
 use tetd::abi::ioctl::{
-    self as io, CallRequest, InfoRequest, ListRequest, LoadRequest, RawHypercall, TestRequest,
-    TrustRequest, UnloadRequest, ZoneAccess,
+    self as io, CallRequest, ListRequest, LoadRequest, RawHypercall, TestRequest, TrustRequest,
+    UnloadRequest, ZoneAccess,
 };
 use tetd::abi::uart::{self, Request, Response, RESPONSE_LEN};
 use tetd::abi::{AgentInfo, Error, Leaf, TETD_VMCALL_VENDOR};
@@ -573,19 +573,7 @@ fn uart_answer(seq: u16, wait: Duration) -> Option<Response> {
 
 fn uart_fuzz(dev_path: &Path, count: u32, seed: u64) -> Result<(), Fail> {
     let dev = Dev::open(&dev_path.to_path_buf())?;
-    let mut info = InfoRequest {
-        abi_version: 0,
-        transport: 0,
-        images: 0,
-        agents: 0,
-        zone_bytes: 0,
-        calls: 0,
-        faults: 0,
-        status: 0,
-        test_enabled: 0,
-        version: [0; 32],
-    };
-    dev.ioctl(io::INFO, &mut info)?;
+    let info = crate::query_info(&dev)?;
     if info.transport != io::TRANSPORT_UART {
         return Err(Fail(
             2,

@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use tetd::abi::ioctl::{self as io, CallRequest, InfoRequest};
+use tetd::abi::ioctl::{self as io, CallRequest};
 use tetd::abi::regs::{HypercallArgs, HypercallRet};
 use tetd::abi::uart::{
     Request, Response, IO_BASE, LSR_DR, LSR_THRE, REG_DATA, REG_LSR, RESPONSE_LEN, RESPONSE_MAGIC,
@@ -139,26 +139,6 @@ fn measure(
     Ok(())
 }
 
-fn info(dev: &Dev) -> Result<InfoRequest, Fail> {
-    let mut r = InfoRequest {
-        abi_version: 0,
-        transport: 0,
-        images: 0,
-        agents: 0,
-        zone_bytes: 0,
-        calls: 0,
-        faults: 0,
-        status: 0,
-        test_enabled: 0,
-        version: [0; 32],
-    };
-    dev.ioctl(io::INFO, &mut r)?;
-    if r.status != 0 {
-        return Err(tetd_fail("info", r.status, ""));
-    }
-    Ok(r)
-}
-
 /// `tetdctl bench ...`.
 pub fn run(device: &Path, cmd: BenchCmd) -> Result<(), Fail> {
     let dev = Dev::open(&device.to_path_buf())?;
@@ -204,11 +184,11 @@ pub fn run(device: &Path, cmd: BenchCmd) -> Result<(), Fail> {
                 Ok(())
             })
         }
-        BenchCmd::Ioctl { common } => {
-            measure("ioctl", &common, json!({}), || info(&dev).map(|_| ()))
-        }
+        BenchCmd::Ioctl { common } => measure("ioctl", &common, json!({}), || {
+            crate::query_info(&dev).map(|_| ())
+        }),
         BenchCmd::Hypercall { common } => {
-            let transport = info(&dev)?.transport;
+            let transport = crate::query_info(&dev)?.transport;
             let hc: fn(HypercallArgs) -> Result<HypercallRet, Fail> = match transport {
                 io::TRANSPORT_UART => uart_hypercall,
                 io::TRANSPORT_PORT => port_hypercall,

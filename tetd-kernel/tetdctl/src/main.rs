@@ -295,27 +295,33 @@ fn mode_name(m: u32) -> &'static str {
     Mode::from_u32(m).map_or("?", |m| m.name())
 }
 
+/// The INFO ioctl: module state (transport, counts, version).
+pub(crate) fn query_info(dev: &Dev) -> Result<InfoRequest, Fail> {
+    let mut r = InfoRequest {
+        abi_version: 0,
+        transport: 0,
+        images: 0,
+        agents: 0,
+        zone_bytes: 0,
+        calls: 0,
+        faults: 0,
+        status: 0,
+        test_enabled: 0,
+        version: [0; 32],
+    };
+    dev.ioctl(io::INFO, &mut r)?;
+    if r.status != 0 {
+        return Err(tetd_fail("info", r.status, ""));
+    }
+    Ok(r)
+}
+
 fn run(cli: Cli) -> Result<(), Fail> {
     match cli.cmd {
         Cmd::Bench { what } => bench::run(&cli.device, what),
         Cmd::Info { json: true } => {
             let dev = Dev::open(&cli.device)?;
-            let mut r = InfoRequest {
-                abi_version: 0,
-                transport: 0,
-                images: 0,
-                agents: 0,
-                zone_bytes: 0,
-                calls: 0,
-                faults: 0,
-                status: 0,
-                test_enabled: 0,
-                version: [0; 32],
-            };
-            dev.ioctl(io::INFO, &mut r)?;
-            if r.status != 0 {
-                return Err(tetd_fail("info", r.status, ""));
-            }
+            let r = query_info(&dev)?;
             println!(
                 "{}",
                 json!({"version": io::detail_str(&r.version), "abi_version": r.abi_version,
