@@ -244,22 +244,29 @@ impl<S: SeamOps> TdState<S> {
         self.seam.flush()
     }
 
+    /// Run a zone-wide SEAM operation (UNBLOCK, REMOVE). If it stops with
+    /// TDX_TLB_TRACKING_NOT_DONE (another vCPU re-entered in the old epoch),
+    /// do one more TRACK round and retry from the page it stopped at.
+    fn zone_op_after_track(
+        &mut self,
+        r: &ZoneRange,
+        op: fn(&mut S, &ZoneRange) -> Result<(), SeamError>,
+    ) -> Result<(), SeamError> {
+        match op(&mut self.seam, r) {
+            Err(e) if e.is_class(tdx::TDX_TLB_TRACKING_NOT_DONE) => {
+                self.trouble.recovered += 1;
+                let rest = suffix(r, e.gpa().unwrap_or(r.gpa));
+                self.seam.flush().and_then(|()| op(&mut self.seam, &rest))
+            }
+            res => res,
+        }
+    }
+
     /// Remove a blocked+tracked zone and free it. On an unrecoverable SEAM
     /// failure the zone is leaked and the error returned.
     fn destroy_zone(&mut self, z: Zone) -> Result<(), SeamError> {
         let r = z.range();
-        let res = match self.seam.remove_zone(&r) {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_class(tdx::TDX_TLB_TRACKING_NOT_DONE) => {
-                // Another vCPU re-entered in the old epoch: one more round.
-                self.trouble.recovered += 1;
-                let rest = suffix(&r, e.gpa().unwrap_or(r.gpa));
-                self.seam
-                    .flush()
-                    .and_then(|()| self.seam.remove_zone(&rest))
-            }
-            Err(e) => Err(e),
-        };
+        let res = self.zone_op_after_track(&r, S::remove_zone);
         let res = res.or_else(|e| {
             self.note_seam_error(&e);
             self.scrub_zone(&r)
@@ -490,17 +497,7 @@ impl<S: SeamOps> TdState<S> {
         }
         if let Some(z) = a.zone {
             let r = z.range();
-            let res = match self.seam.unblock_zone(&r) {
-                Ok(()) => Ok(()),
-                Err(e) if e.is_class(tdx::TDX_TLB_TRACKING_NOT_DONE) => {
-                    self.trouble.recovered += 1;
-                    let rest = suffix(&r, e.gpa().unwrap_or(r.gpa));
-                    self.seam
-                        .flush()
-                        .and_then(|()| self.seam.unblock_zone(&rest))
-                }
-                Err(e) => Err(e),
-            };
+            let res = self.zone_op_after_track(&r, S::unblock_zone);
             if let Err(e) = res {
                 self.note_seam_error(&e);
                 // Put back whatever got unblocked; the call does not start.
