@@ -238,6 +238,9 @@ pub struct TdState<S: SeamOps = SeptModel> {
     /// Zones whose SEAM state could not be restored; their GPAs and pool
     /// pages stay reserved until the TD is destroyed.
     pub(crate) leaked: Vec<Zone>,
+    /// Violations found after the access ([`Self::collect_touched`]) not yet
+    /// taken by [`Self::take_found_violations`].
+    pub(crate) found: Vec<(Gpa, AgentId)>,
     pub(crate) trouble: SeamTrouble,
     pub(crate) last_seam_error: Option<SeamError>,
 }
@@ -276,6 +279,7 @@ impl<S: SeamOps> TdState<S> {
             guest: None,
             rtmrs: Rtmrs::new(),
             leaked: Vec::new(),
+            found: Vec::new(),
             trouble: SeamTrouble::default(),
             last_seam_error: None,
         }
@@ -371,6 +375,57 @@ impl<S: SeamOps> TdState<S> {
         );
         self.publish(EventKind::Violation, id, vcpu, gpa, write as u64);
         Some(id)
+    }
+
+    /// Asks the SEAM backend which pages of `zone` (owned by `id`) the guest
+    /// touched while they were taken away ([`SeamOps::take_touched`]) and
+    /// reports each as a violation found after the access: counted against
+    /// `id`, event [`EventKind::Violation`] with arg1
+    /// [`crate::notify::VIOLATION_FOUND_AFTER`], kept for
+    /// [`Self::take_found_violations`].
+    pub(crate) fn collect_touched(&mut self, id: AgentId, zone: &ZoneRange) {
+        let touched = self.seam.take_touched(zone);
+        if touched.is_empty() {
+            return;
+        }
+        if let Some(a) = self.agents.get_mut(&id) {
+            a.violations += touched.len() as u64;
+        }
+        for gpa in touched {
+            log::warn!(
+                "td {}: blocked zone page {gpa:#x} of agent {id} was touched by the guest (found afterwards)",
+                self.td
+            );
+            self.publish(
+                EventKind::Violation,
+                id,
+                HOST_VCPU,
+                gpa,
+                crate::notify::VIOLATION_FOUND_AFTER,
+            );
+            self.found.push((gpa, id));
+        }
+    }
+
+    /// Checks every live zone for pages the guest touched while they were
+    /// taken away ([`Self::collect_touched`]); engines call it when the
+    /// guest has stopped.
+    pub fn sweep_touched(&mut self) {
+        let zones: Vec<(AgentId, Zone)> = self
+            .agents
+            .values()
+            .filter(|a| a.alias_of.is_none())
+            .filter_map(|a| a.zone.map(|z| (a.id, z)))
+            .collect();
+        for (id, z) in zones {
+            self.collect_touched(id, &z.range());
+        }
+    }
+
+    /// The violations found after the access since the last call (GPA,
+    /// agent), oldest first.
+    pub fn take_found_violations(&mut self) -> Vec<(Gpa, AgentId)> {
+        std::mem::take(&mut self.found)
     }
 
     /// The SEAM backend.

@@ -327,7 +327,10 @@ impl<S: SeamOps> TdState<S> {
             self.drop_aliases(id, crate::host::HOST_VCPU);
         }
         match zone {
-            Some(z) => self.destroy_zone(z),
+            Some(z) => {
+                self.collect_touched(id, &z.range());
+                self.destroy_zone(z)
+            }
             None => Ok(()),
         }
     }
@@ -497,6 +500,9 @@ impl<S: SeamOps> TdState<S> {
         }
         if let Some(z) = a.zone {
             let r = z.range();
+            // What the guest touched while the zone was taken away is
+            // reported before UNBLOCK overwrites it with the saved pages.
+            self.collect_touched(id, &r);
             let res = self.zone_op_after_track(&r, S::unblock_zone);
             if let Err(e) = res {
                 self.note_seam_error(&e);
@@ -583,6 +589,7 @@ impl<S: SeamOps> TdState<S> {
         }
         self.drop_aliases(id, vcpu);
         if let Some(z) = zone {
+            self.collect_touched(id, &z.range());
             if self.destroy_zone(z).is_err() {
                 // Disabled either way; the zone is leaked, never reused.
                 self.publish(EventKind::Disable, id, vcpu, 0, 0);

@@ -29,6 +29,10 @@ use std::time::Duration;
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+/// `arg1` of a [`EventKind::Violation`] event whose access was found after
+/// the fact (a blocked page present again), read or write unknown.
+pub const VIOLATION_FOUND_AFTER: u64 = 2;
+
 /// What happened.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,7 +52,8 @@ pub enum EventKind {
     /// arg1 = pages).
     Enable = 6,
     /// The guest touched a blocked zone page (arg0 = GPA, arg1 = 1 if a
-    /// write).
+    /// write, 0 if a read, [`VIOLATION_FOUND_AFTER`] if the access was found
+    /// afterwards and its kind is unknown: the QEMU engine's punched pages).
     Violation = 7,
     /// AGENT_ACCESS with `access::ALIAS`: an agent id registered in another
     /// entry's zone (arg0 = the owner's id).

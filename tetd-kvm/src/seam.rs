@@ -358,6 +358,18 @@ pub trait SeamOps {
         Ok(())
     }
 
+    /// Pages of `zone` that were taken away from the guest and that the
+    /// guest touched since (the backend cannot trap the access itself but
+    /// finds its trace afterwards; the QEMU backend). Each page is returned
+    /// once; TETD-H calls this before it gives a zone back (UNBLOCK) or
+    /// removes it, and at the end of a run, and reports each page as a
+    /// violation. Backends that trap accesses when they happen, or cannot
+    /// see them at all, return nothing (the default).
+    fn take_touched(&mut self, zone: &ZoneRange) -> Vec<Gpa> {
+        let _ = zone;
+        Vec::new()
+    }
+
     /// One TLB-tracking round for everything blocked so far, like Linux
     /// `tdx_track()`: TDH.MEM.TRACK (on TDX_PREVIOUS_TLB_EPOCH_BUSY or
     /// TDX_OPERAND_BUSY: kick the vCPUs and retry once), then kick the vCPUs
@@ -427,5 +439,8 @@ impl<T: SeamOps + ?Sized> SeamOps for Box<T> {
     }
     fn flush(&mut self) -> SeamResult<()> {
         (**self).flush()
+    }
+    fn take_touched(&mut self, zone: &ZoneRange) -> Vec<Gpa> {
+        (**self).take_touched(zone)
     }
 }

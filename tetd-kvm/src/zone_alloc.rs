@@ -503,6 +503,87 @@ impl HostPool {
         }
     }
 
+    /// Take pool memory at `host_addr..+len` (page aligned) out of a shared
+    /// pool's file: `fallocate(PUNCH_HOLE)` frees the pages, so every mapping
+    /// of the file (the guest's, through QEMU, included) reads zeroes there
+    /// until something touches the range again. Only for [`Self::new_shared`]
+    /// pools (an anonymous pool has no file other processes map).
+    pub fn punch(&mut self, host_addr: u64, len: u64) -> io::Result<()> {
+        let off = self.check_page_range(host_addr, len)?;
+        let Some(fd) = &self.file else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "punching pages needs a shared (memfd) pool",
+            ));
+        };
+        // SAFETY: plain fallocate on the pool's own file, inside its size.
+        let rc = unsafe {
+            libc::fallocate(
+                fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Host addresses of the pages in `host_addr..+len` (page aligned) that
+    /// are present in a shared pool's file (`lseek(SEEK_DATA/SEEK_HOLE)`).
+    /// After [`Self::punch`], a page is present again only if some mapping
+    /// touched it: a shmem read fault allocates a page as a write does.
+    pub fn present_pages(&self, host_addr: u64, len: u64) -> io::Result<Vec<u64>> {
+        let off = self.check_page_range(host_addr, len)? as u64;
+        let Some(fd) = &self.file else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "page presence needs a shared (memfd) pool",
+            ));
+        };
+        let (end, mut pos, mut out) = (off + len, off, Vec::new());
+        while pos < end {
+            // SAFETY: lseek on the pool's own file; no memory is involved.
+            let data = unsafe { libc::lseek(fd.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+            if data < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENXIO) {
+                    break; // no data at or after `pos`
+                }
+                return Err(e);
+            }
+            let data = data as u64;
+            if data >= end {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd.as_raw_fd(), data as libc::off_t, libc::SEEK_HOLE) };
+            if hole < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let stop = (hole as u64).min(end);
+            let mut p = data & !(PAGE_SIZE - 1);
+            while p < stop {
+                out.push(self.base_addr() + p);
+                p += PAGE_SIZE;
+            }
+            pos = stop;
+        }
+        Ok(out)
+    }
+
+    fn check_page_range(&self, host_addr: u64, len: u64) -> io::Result<usize> {
+        if host_addr % PAGE_SIZE != 0 || len % PAGE_SIZE != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("host range {host_addr:#x}+{len:#x} is not page aligned"),
+            ));
+        }
+        self.check_bounds(host_addr, len as usize)
+    }
+
     /// Copy pool memory at `host_addr` into `buf`.
     pub fn read(&self, host_addr: u64, buf: &mut [u8]) -> io::Result<()> {
         let off = self.check_bounds(host_addr, buf.len())?;

@@ -9,8 +9,10 @@
 //! there, a freed zone reads zero in the guest) and not guest RAM; a
 //! corrupted frame is skipped; a wrong vendor value is refused without
 //! TETD-H; the exit status comes through isa-debug-exit, the console
-//! sentinel, or a timeout. Zone blocking is NOT enforced on this engine:
-//! the test asserts that too, so a change there is noticed.
+//! sentinel, or a timeout. Zone blocking is enforced: guest root reading a
+//! blocked zone through /dev/mem gets zeroes, its write while blocked does
+//! not reach the agent's next window, and TETD-H counts each touched page
+//! as a violation found afterwards.
 //!
 //! Skipped with a printed reason without qemu-system-x86_64, the setup's
 //! guest kernel, busybox or a static C toolchain.
@@ -106,6 +108,10 @@ taskset -c 0 $P hc 2 9 0
 taskset -c 0 $P poke $gpa 0x1234
 taskset -c 0 $P hc 3 9 0 0
 taskset -c 0 $P peek $gpa
+taskset -c 0 $P poke $gpa 0x6666
+taskset -c 0 $P hc 2 9 0
+taskset -c 0 $P peek $gpa
+taskset -c 0 $P hc 3 9 0 0
 taskset -c 1 $P hc 6 3 @meas
 taskset -c 1 $P garbage 8 9
 taskset -c 0 $P hc 4 9
@@ -176,7 +182,7 @@ fn uart_hypercalls_reach_tetd_h() {
     config.vcpus = 2;
     let opts = TetdOptions::default();
     let handler = TetdHandler::<QemuSeam>::qemu(&opts).unwrap();
-    assert!(!handler.enforces_blocking());
+    assert!(handler.enforces_blocking());
     let (out, h) = run_qemu(config, handler).unwrap();
     let console = out.console.replace('\r', "");
     eprintln!(
@@ -200,10 +206,10 @@ fn uart_hypercalls_reach_tetd_h() {
     // What the guest printed is what TETD-H recorded, call by call.
     let printed = printed_answers(&console);
     let recorded: Vec<_> = h.calls().copied().collect();
-    assert_eq!(printed.len(), 11, "{console}");
+    assert_eq!(printed.len(), 13, "{console}");
     assert_eq!(
         recorded.len(),
-        10,
+        12,
         "the wrong-vendor call never reaches TETD-H"
     );
     for (i, (p, r)) in printed.iter().zip(&recorded).enumerate() {
@@ -228,6 +234,8 @@ fn uart_hypercalls_reach_tetd_h() {
             l(Leaf::AgentAccess),
             l(Leaf::VmmEnter),
             l(Leaf::VmmResume),
+            l(Leaf::VmmEnter),
+            l(Leaf::VmmResume),
             l(Leaf::RtmrExtend),
             l(Leaf::AgentQuery),
             l(Leaf::AgentDisable),
@@ -243,40 +251,61 @@ fn uart_hypercalls_reach_tetd_h() {
     let meas_gpa = recorded[1].call.args[3];
     assert!(meas_gpa > 0 && meas_gpa < 256 << 20, "{meas_gpa:#x}");
     // The call after the corrupted frame (pinned to CPU 1) was answered.
-    assert_eq!(recorded[5].vcpu, 1);
-    assert_eq!(printed[5].1, [0, HostAgentState::Idle as u64, 1, 0]);
+    assert_eq!(recorded[7].vcpu, 1);
+    // [state, calls, violations]: both blocked-time touches already counted.
+    assert_eq!(printed[7].1, [0, HostAgentState::Idle as u64, 2, 2]);
     // Wrong vendor: refused by the transport.
-    assert_eq!(printed[10].1[0], AbiError::InvalidArgument.code() as u64);
-    assert_eq!(out.stats.hypercalls, 11);
+    assert_eq!(printed[12].1[0], AbiError::InvalidArgument.code() as u64);
+    assert_eq!(out.stats.hypercalls, 13);
 
     // Guest memory passed by GPA was read from guest RAM.
     let a = h.td().agent(9).unwrap();
     assert_eq!(a.measurement, Some(pattern()));
     assert_eq!(a.state, AgentState::Disabled);
-    assert_eq!(a.calls, 1);
+    assert_eq!(a.calls, 2);
     assert_eq!(
         h.td().rtmrs().get(3),
         Some(&extend_value(&[0; 48], &pattern()))
     );
 
-    // Zone memory: fresh zone reads 0; the write in the call landed; NOT
-    // enforced: the guest still reads it after VMM_RESUME; the freed zone
-    // was scrubbed (the guest sees zero).
-    assert_eq!(peeks(&console), [0, 0x1234, 0], "{console}");
-    assert_eq!(
-        h.violations().count(),
-        0,
-        "the QEMU engine cannot trap accesses"
-    );
-    assert!(!h.report().enforces_blocking);
-    // The guest's write into agent 10's zone is in TETD-H's pool, at the
-    // zone's host address: one memory, seen from both sides.
+    // Zone memory, read by guest root through /dev/mem: the fresh (blocked)
+    // zone reads 0; the write inside the first window is gone from the
+    // guest's view after VMM_RESUME (the page is taken away); the write
+    // while blocked (0x6666) did not reach the second window, which sees
+    // the agent's own 0x1234 again; the freed zone was scrubbed.
+    assert_eq!(peeks(&console), [0, 0, 0x1234, 0], "{console}");
+    // Each blocked-time touch of the zone's first page (the peek before the
+    // first window; the peek and poke before the second) was found and
+    // counted against agent 9 when the next window opened.
+    let v: Vec<_> = h.violations().copied().collect();
+    assert_eq!(v.len(), 2, "{v:?}");
+    for r in &v {
+        assert!(r.found_after, "{r:?}");
+        assert_eq!(r.agent, Some(9));
+        assert_eq!(r.access.gpa, gpa);
+    }
+    assert!(h.report().enforces_blocking);
+    // The guest's write into agent 10's zone is TETD-H's: saved in its
+    // private memory, and no longer in the pool file QEMU maps.
     let (_, z10) = h.td().zones().find(|(id, _)| *id == 10).unwrap();
-    assert_eq!(z10.gpa, printed[7].1[1]);
+    assert_eq!(z10.gpa, printed[9].1[1]);
+    let saved = h
+        .td()
+        .seam()
+        .saved_page(z10.gpa)
+        .expect("agent 10's page is taken away");
+    assert_eq!(
+        u64::from_le_bytes(saved[..8].try_into().unwrap()),
+        0xfeedface
+    );
     let pool = h.td().pool().lock().unwrap();
     let mut word = [0u8; 8];
     pool.read(z10.host_addr(), &mut word).unwrap();
-    assert_eq!(u64::from_le_bytes(word), 0xfeedface);
+    assert_eq!(
+        u64::from_le_bytes(word),
+        0,
+        "the pool file holds nothing of it"
+    );
     assert_eq!(pool.allocator().free_pages(), pool.pages() - 1);
     assert_eq!(h.td().seam_trouble().errors, 0);
     h.td().seam().model().check_consistency().unwrap();
@@ -299,7 +328,7 @@ fn console_sentinel_and_run_guest() {
         run.outcome.console
     );
     assert!(run.outcome.console.contains("sentinel-run"));
-    assert!(!run.report.enforces_blocking);
+    assert!(run.report.enforces_blocking);
     assert!(run.report.agents.is_empty());
 }
 

@@ -92,11 +92,17 @@ pub struct CallRecord {
     pub ret: HypercallRet,
 }
 
-/// A guest access to the zone window the VMM trapped, and whose agent it hit.
+/// A guest access to a blocked zone that TETD-H saw, and whose agent it hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ViolationRecord {
-    /// What the VMM saw.
+    /// What the VMM saw. For an access found afterwards
+    /// ([`ViolationRecord::found_after`]) only `gpa` (the page) is known;
+    /// `vcpu` is [`crate::host::HOST_VCPU`], `len` the page size.
     pub access: Violation,
+    /// True if the access was found after it happened (a page taken out of
+    /// the QEMU engine's zone file was present again), false if the VMM
+    /// trapped it as it happened (KVM engine).
+    pub found_after: bool,
     /// The agent whose zone contains the address (`None`: no live zone there,
     /// e.g. after AGENT_DISABLE).
     pub agent: Option<AgentId>,
@@ -213,6 +219,7 @@ impl<S: EngineSeam> TetdHandler<S> {
             self.calls.pop_front();
         }
         self.calls.push_back(CallRecord { vcpu, call, ret });
+        self.log_found_violations();
         ret
     }
 
@@ -224,11 +231,46 @@ impl<S: EngineSeam> TetdHandler<S> {
             .td
             .report_violation(access.vcpu, access.gpa, access.write);
         self.td.seam_mut().vcpu_enter(access.vcpu);
+        self.push_violation(ViolationRecord {
+            access,
+            agent,
+            found_after: false,
+        });
+        agent
+    }
+
+    fn push_violation(&mut self, v: ViolationRecord) {
         if self.violations.len() == VIOLATION_LOG_LIMIT {
             self.violations.pop_front();
         }
-        self.violations.push_back(ViolationRecord { access, agent });
-        agent
+        self.violations.push_back(v);
+    }
+
+    /// Moves the violations TETD-H found after the access
+    /// ([`TdState::take_found_violations`]) into the violation log.
+    fn log_found_violations(&mut self) {
+        for (gpa, agent) in self.td.take_found_violations() {
+            self.push_violation(ViolationRecord {
+                access: Violation {
+                    vcpu: crate::host::HOST_VCPU,
+                    gpa,
+                    len: PAGE_SIZE as u32,
+                    write: false,
+                    value: 0,
+                    rip: 0,
+                },
+                agent: Some(agent),
+                found_after: true,
+            });
+        }
+    }
+
+    /// The guest has stopped: report every page of a live zone it touched
+    /// while the zone was taken away ([`TdState::sweep_touched`]). Engines
+    /// call this at the end of a run.
+    pub fn guest_stopped(&mut self) {
+        self.td.sweep_touched();
+        self.log_found_violations();
     }
 
     /// Whether blocked zones are really inaccessible to the guest.
@@ -299,14 +341,15 @@ impl TetdHandler<KvmSeam> {
 impl TetdHandler<QemuSeam> {
     /// TETD-H for the QEMU engine: a zone pool in a shared memory file
     /// exactly as large as the zone window, which QEMU maps at
-    /// [`tetd::abi::ZONE_GPA_BASE`] (`opts.pool_pages` is ignored).
+    /// [`tetd::abi::ZONE_GPA_BASE`] (`opts.pool_pages` is ignored); blocked
+    /// zone pages are taken out of that file ([`QemuSeam::enforcing`]).
     pub fn qemu(opts: &TetdOptions) -> io::Result<Self> {
-        let pool = HostPool::new_shared(ZONE_GPA_SIZE / PAGE_SIZE)?;
-        let seam = QemuSeam::new(pool.base_addr());
+        let pool = Arc::new(Mutex::new(HostPool::new_shared(ZONE_GPA_SIZE / PAGE_SIZE)?));
+        let seam = QemuSeam::enforcing(pool.clone());
         Ok(Self::new(TdState::new(
             opts.td,
             seam,
-            Arc::new(Mutex::new(pool)),
+            pool,
             opts.notifier.clone(),
             opts.td_config,
         )))

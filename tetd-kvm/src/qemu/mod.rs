@@ -317,6 +317,7 @@ impl QemuVm {
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
         handler.vcpus_stopped(vcpus);
+        handler.guest_stopped();
         let console = self.handle.console.text();
         let exit = decode_end(end, &stderr_text, &console);
         Ok((
