@@ -495,12 +495,13 @@ pub enum Expect {
     Fails(AbiError),
     /// The call faults with this status and exception vector; contained.
     Faults(AbiError, u64),
-    /// The kernel's read of a blocked zone: all-ones and a violation on an
-    /// engine that enforces blocking; on one that does not, the zone's
-    /// first code bytes (the image's).
+    /// The kernel's read of a blocked zone: the engine's blocked-read value
+    /// ([`Engine::blocked_read_value`]: all-ones on KVM, zero on QEMU) and a
+    /// violation counted by TETD-H; on an engine that does not take zones
+    /// away, the zone's first code bytes (the image's).
     ZoneRead {
-        /// The engine enforces blocking.
-        enforced: bool,
+        /// What a blocked read returns (`None`: blocking not enforced).
+        blocked: Option<u64>,
         /// The first 8 code bytes of the image whose zone is read.
         code: [u8; 8],
     },
@@ -578,8 +579,8 @@ fn agent_id(images: &[DemoImage], pkg: &str, name: &str) -> Result<u32, DemoErro
 impl DemoPlan {
     /// Reads the images from `cfg.images`, writes the variants and the
     /// allow-list copy to `cfg.work`, and plans the steps for an engine
-    /// that does (`enforced`) or does not enforce zone blocking.
-    pub fn new(cfg: &DemoConfig, enforced: bool) -> Result<DemoPlan, DemoError> {
+    /// whose blocked zones read as `blocked` (`None`: not enforced).
+    pub fn new(cfg: &DemoConfig, blocked: Option<u64>) -> Result<DemoPlan, DemoError> {
         std::fs::create_dir_all(&cfg.work).map_err(io_err(&cfg.work))?;
         let images = PACKAGES
             .iter()
@@ -850,12 +851,12 @@ impl DemoPlan {
         };
         push(
             Action::PeekZone(echo_id),
-            Expect::ZoneRead { enforced, code },
+            Expect::ZoneRead { blocked, code },
             "guest kernel reads echo's zone outside a call".into(),
-            if enforced {
-                "blocked: the VMM answers all-ones and reports a violation"
-            } else {
-                "blocking not enforced here"
+            match blocked {
+                Some(u64::MAX) => "blocked: the VMM answers all-ones and reports a violation",
+                Some(_) => "blocked: the page is out of the zone file; TETD-H counts the touch",
+                None => "blocking not enforced here",
             },
         );
         let rtmr = tetd::measure::replay(images.iter().map(|i| &i.measurement));
@@ -1336,21 +1337,25 @@ fn evaluate(step: &Step, r: Option<&GuestResult>, plan: &DemoPlan, ctx: &mut Eva
             row.output = format!("{} agents", got.len());
             row.check = format!("all {} agents", want.len());
         }
-        Expect::ZoneRead { enforced, code } => {
+        Expect::ZoneRead { blocked, code } => {
             let val = out
                 .trim()
                 .strip_prefix("zone read 0x")
                 .and_then(|h| u64::from_str_radix(h, 16).ok());
             row.output = first_line(&out);
             let first = u64::from_le_bytes(*code);
-            if *enforced {
-                row.pass = r.rc == 0 && val == Some(u64::MAX);
+            if let Some(want) = *blocked {
+                row.pass = r.rc == 0 && val == Some(want) && val != Some(first);
                 row.result = if row.pass {
                     "denied".into()
                 } else {
                     "readable".into()
                 };
-                row.check = "all-ones (no memory there); the host reports a violation".into();
+                row.check = if want == u64::MAX {
+                    "all-ones (no memory there); the host reports a violation".into()
+                } else {
+                    "zeroes (no page in the zone file), not echo's code; TETD-H counts it".into()
+                };
             } else {
                 row.pass = r.rc == 0 && val.is_some();
                 row.result = "readable".into();
@@ -1815,9 +1820,11 @@ impl DemoReport {
         }
         let _ = writeln!(
             s,
-            "\nTETD-H (host) view: {} hypercalls answered, {} trapped zone accesses \
-             (guest count = load window + calls)",
-            self.hypercalls, self.violations
+            "\nTETD-H (host) view: {} hypercalls answered, {} blocked-zone violation(s) counted \
+             ({}) (guest count = load window + calls)",
+            self.hypercalls,
+            self.violations,
+            self.engine.violation_timing()
         );
         s.push_str(&t.render());
         let _ = writeln!(
@@ -2157,12 +2164,21 @@ const EVENT_KINDS: [EventKind; 5] = [
 pub fn run_demo(cfg: &DemoConfig) -> Result<DemoReport, DemoError> {
     let t0 = Instant::now();
     let sel = check_engine(cfg.engine)?;
-    let enforced = sel.engine.enforces_blocking();
+    let blocked = sel.engine.blocked_read_value();
+    let enforced = blocked.is_some();
     progress(
         cfg.progress,
         format!("engine {} ({})", sel.engine, sel.reason),
     );
-    if !enforced {
+    if enforced {
+        progress(
+            cfg.progress,
+            format!(
+                "zone blocking enforced; guest accesses to blocked zones are {}",
+                sel.engine.violation_timing()
+            ),
+        );
+    } else {
         progress(
             cfg.progress,
             "zone blocking is NOT enforced on this engine: TETD-H checks every BLOCK/UNBLOCK \
@@ -2181,7 +2197,7 @@ pub fn run_demo(cfg: &DemoConfig) -> Result<DemoReport, DemoError> {
             )));
         }
     }
-    let plan = DemoPlan::new(cfg, enforced)?;
+    let plan = DemoPlan::new(cfg, blocked)?;
     let script = cfg.work.join("run.sh");
     std::fs::write(&script, plan.script()).map_err(io_err(&script))?;
 

@@ -1,16 +1,17 @@
 //! The attack suite inside a real guest: the Debian guest kernel with
 //! tetdg.ko (test_ioctl=1) runs tetd-kernel/module/tests/attack-guest.sh
 //! under the project's VMM with TETD-H attached, on the engine
-//! `select_engine(auto)` picks (QEMU/TCG on this machine: uart transport,
-//! zone blocking NOT enforced; the KVM engine where /dev/kvm runs guest
-//! kernels). The guest checks what the guest sees (CHECK lines); this test
+//! `select_engine(auto)` picks (QEMU/TCG on this machine: uart transport;
+//! the KVM engine where /dev/kvm runs guest kernels). Both enforce zone
+//! blocking. The guest checks what the guest sees (CHECK lines); this test
 //! checks what the host saw and what it is left with:
 //!
-//! * the kernel's zone accesses outside a window: on an engine that does
-//!   not enforce blocking the guest reads the agent's last input and its
-//!   write lands — and TETD-H says so (`enforces_blocking() == false`, the
-//!   blocking note), it never claims protection; on the KVM engine reads
-//!   are all-ones, writes are dropped and both are reported as violations;
+//! * the kernel's zone accesses outside a window: on the QEMU engine the
+//!   zone's pages are out of the file QEMU maps, so the kernel reads zeroes
+//!   (not the agent's last input), reads back only its own write, and the
+//!   touched page is counted as a violation when the next window opens; on
+//!   the KVM engine reads are all-ones, writes are dropped and both are
+//!   reported as violations as they happen;
 //! * the race, the fuzzers and the raw leaves reached TETD-H and left its
 //!   Secure-EPT model consistent;
 //! * the VM ends with an agent call open (killed mid-call): TETD-H's
@@ -27,7 +28,7 @@ mod vmm_common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tetd::abi::Leaf;
+use tetd::abi::{Leaf, PAGE_SIZE};
 use tetd_kvm::host::{DISABLE_BY_TEARDOWN, HOST_VCPU};
 use tetd_kvm::hv::{select_engine, Engine, EngineChoice, EngineSeam, TetdHandler, TetdOptions};
 use tetd_kvm::notify::{EventKind, Notifier};
@@ -148,27 +149,42 @@ fn judge<S: EngineSeam>(
     let (reread, rgpa) = observed_zone(&console, "zone-reread");
     assert_eq!(wrote, 0x4141_4141_4141_4141);
     assert_eq!(wgpa, rgpa);
-    let violations_at = |g: u64| h.violations().filter(|v| v.access.gpa == g).count();
-    if h.enforces_blocking() {
-        assert_eq!(read, u64::MAX, "blocked: the host answered all-ones");
-        assert_eq!(reread, u64::MAX, "the write was dropped");
-        assert!(violations_at(wgpa) >= 2, "reported as violations");
-    } else {
-        // Not enforced on this engine: the kernel reads the agent's last
-        // input and its write lands. TETD-H does not pretend otherwise.
-        assert_eq!(
-            read,
-            u64::from_le_bytes(*b"SECRET-0"),
-            "the input left in the zone"
-        );
-        assert_eq!(reread, wrote, "the write outside the window landed");
-        assert_eq!(h.violations().count(), 0, "and nobody noticed");
-        assert!(
-            h.td().seam().blocking_note().contains("NOT enforced"),
-            "{}",
-            h.td().seam().blocking_note()
-        );
-        assert!(!h.report().enforces_blocking);
+    let page = |g: u64| g & !(PAGE_SIZE - 1);
+    assert!(h.enforces_blocking(), "{}", h.td().seam().blocking_note());
+    assert!(h.report().enforces_blocking);
+    match engine {
+        Engine::Kvm => {
+            // No memory slot while blocked: the VMM answers all-ones, drops
+            // the write and reports each access as it happens.
+            let trapped = |g: u64| {
+                h.violations()
+                    .filter(|v| v.access.gpa == g && !v.found_after)
+                    .count()
+            };
+            assert_eq!(read, u64::MAX, "blocked: the host answered all-ones");
+            assert_eq!(reread, u64::MAX, "the write was dropped");
+            assert!(trapped(wgpa) >= 2, "reported as violations");
+        }
+        Engine::Qemu => {
+            // The zone's pages are out of the file QEMU maps: the kernel
+            // reads zeroes, not the agent's last input ("SECRET-0..."); it
+            // reads back only its own write, which landed in a page TETD-H
+            // found and discarded when the next window opened (the echo
+            // call after it answered from the agent's saved pages).
+            assert_eq!(read, 0, "blocked: nothing of the zone is readable");
+            assert_ne!(read, u64::from_le_bytes(*b"SECRET-0"));
+            assert_eq!(reread, wrote, "only the attacker's own write");
+            let found = h
+                .violations()
+                .filter(|v| v.found_after && page(v.access.gpa) == page(wgpa))
+                .count();
+            assert!(found >= 1, "the touched page was counted");
+            let echo_zone = h.td().agent(1).and_then(|a| a.alias_of).unwrap();
+            assert!(
+                h.td().agent(echo_zone).unwrap().violations >= 1,
+                "counted against echo's zone"
+            );
+        }
     }
 
     // B. The raw leaves and the race reached TETD-H.

@@ -58,7 +58,11 @@ fn boot_on_qemu_reports_engine_status_and_enforcement() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
     assert!(err.contains("engine qemu (requested)"), "{err}");
-    assert!(err.contains("zone blocking NOT enforced"), "{err}");
+    assert!(
+        err.contains("zone blocking enforced (QEMU/TCG engine)"),
+        "{err}"
+    );
+    assert!(err.contains("blocked-zone violation(s)"), "{err}");
     assert!(err.contains("exit status 4 (console sentinel)"), "{err}");
     assert!(out.stdout.is_empty(), "--quiet echoes nothing");
 }

@@ -37,9 +37,11 @@ enum Cmd {
         /// Linux kernel: the vmlinux or bzImage under build/guest/kernel-VERSION/boot/.
         #[arg(long)]
         kernel: PathBuf,
-        /// kvm (the project's KVM VMM, zone blocking enforced), qemu
-        /// (QEMU/TCG, uart hypercall transport, zone blocking NOT enforced) or
-        /// auto (kvm unless /dev/kvm is missing or emulates guest kernels).
+        /// kvm (the project's KVM VMM: blocked zones have no memory slot,
+        /// accesses trapped), qemu (QEMU/TCG, uart hypercall transport:
+        /// blocked zone pages taken out of the zone file, accesses found
+        /// afterwards) or auto (kvm unless /dev/kvm is missing or emulates
+        /// guest kernels).
         #[arg(long, default_value = "auto", value_parser = parse_engine)]
         engine: EngineChoice,
         /// Initramfs (see `tetd-vmm initramfs`). Optional with --extra-file (one is built).
@@ -195,10 +197,13 @@ fn parse_engine(s: &str) -> Result<EngineChoice, String> {
 
 /// TETD-H's view at the end of the run, on stderr.
 fn summarize(r: &TetdReport) {
+    let found_after = r.violations.iter().filter(|v| v.found_after).count();
     eprintln!(
-        "tetd-vmm: TETD-H: {} hypercall(s), {} trapped zone access(es); {}",
+        "tetd-vmm: TETD-H: {} hypercall(s), {} blocked-zone violation(s) ({} trapped, {} found afterwards); {}",
         r.total_calls,
         r.violations.len(),
+        r.violations.len() - found_after,
+        found_after,
         r.blocking_note
     );
     for a in &r.agents {

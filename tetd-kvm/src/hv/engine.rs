@@ -3,7 +3,7 @@
 //! | engine | when | hypercall transport | blocked zones |
 //! |---|---|---|---|
 //! | `kvm` ([`crate::vmm`]) | `/dev/kvm` runs guest kernels natively | port I/O exit with registers (`SIM_HYPERCALL_PORT`) | taken away (no memory slot): accesses trap, are reported |
-//! | `qemu` ([`crate::qemu`]) | no `/dev/kvm`, or KVM emulates guest kernels (PVM) | byte frames through a 16550 ([`tetd::abi::uart`]) | **not enforced**: checked by the model only |
+//! | `qemu` ([`crate::qemu`]) | no `/dev/kvm`, or KVM emulates guest kernels (PVM) | byte frames through a 16550 ([`tetd::abi::uart`]) | taken away (pages out of the zone file QEMU maps): reads see zeroes, writes are discarded, accesses are found afterwards and reported |
 //!
 //! `auto` picks `kvm` unless `/dev/kvm` is unusable or is the PVM backend
 //! ([`crate::vmm::kvm_emulates_guest_kernel`]), and says why.
@@ -32,9 +32,32 @@ impl Engine {
         }
     }
 
-    /// Whether this engine really takes blocked zones away from the guest.
+    /// Whether this engine really takes blocked zones away from the guest
+    /// (both do: KVM deletes the zone's memory slot, QEMU's zone pages are
+    /// taken out of the file QEMU maps; docs/engines.md).
     pub const fn enforces_blocking(self) -> bool {
-        matches!(self, Engine::Kvm)
+        self.blocked_read_value().is_some()
+    }
+
+    /// What a guest read of a blocked zone returns on this engine: all-ones
+    /// on KVM (no memory there: an MMIO exit the VMM answers), zero on QEMU
+    /// (a hole in the zone file). `None` would be an engine that does not
+    /// take zones away.
+    pub const fn blocked_read_value(self) -> Option<u64> {
+        match self {
+            Engine::Kvm => Some(u64::MAX),
+            Engine::Qemu => Some(0),
+        }
+    }
+
+    /// When this engine reports a guest access to a blocked zone.
+    pub const fn violation_timing(self) -> &'static str {
+        match self {
+            Engine::Kvm => "reported as it happens (the access exits to the VMM)",
+            Engine::Qemu => {
+                "found afterwards (the page is present in the zone file again) and reported at the zone's next window, its removal or the TD's end"
+            }
+        }
     }
 }
 

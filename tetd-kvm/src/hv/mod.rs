@@ -12,10 +12,13 @@
 //!   decides; the effect is real: a zone whose pages are all MAPPED has a
 //!   KVM memory slot over its pool memory, any other zone has none, so a
 //!   guest access to a blocked zone exits to the VMM and is reported.
-//! * [`QemuSeam`]: the QEMU/TCG backend. The model decides, but QEMU gives
-//!   the host no way to take guest memory away while the guest runs, so
-//!   BLOCK/UNBLOCK are **checked, not enforced** ([`EngineSeam::enforces_blocking`]
-//!   is false): the whole zone window stays guest accessible.
+//! * [`QemuSeam`]: the QEMU/TCG backend. The model decides; QEMU maps the
+//!   zone window from TETD-H's pool file, and a page the guest may not
+//!   reach is taken out of that file (saved by TETD-H, hole punched) and
+//!   written back at UNBLOCK. A guest access to such a page cannot be
+//!   trapped; it leaves the page present in the file again, which TETD-H
+//!   finds and reports before the zone's next window, at its removal and at
+//!   the end of the run.
 //! * [`engine`]: choosing an engine (`kvm`, `qemu`, `auto`) and running a
 //!   guest with TETD-H attached through either.
 //!

@@ -48,6 +48,7 @@
 
 use tetd::abi::{PAGE_SIZE, ZONE_GPA_BASE, ZONE_GPA_SIZE};
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -169,11 +170,13 @@ impl QemuSeam {
             return r;
         };
         let mut pool = lock_pool(&pool);
+        let base = self.pool_base;
+        let host_of = |g: Gpa| base + (g - ZONE_GPA_BASE);
         let mut punch: Option<(Gpa, u64)> = None; // a run of pages to punch
         let mut result = Ok(());
         for i in 0..pages {
             let g = gpa + i * PAGE_SIZE;
-            let host = self.host_of(g);
+            let host = host_of(g);
             let step = match self.model.state(g) {
                 SeptState::Mapped => match self.saved.remove(&g) {
                     Some(mut page) => {
@@ -205,26 +208,28 @@ impl QemuSeam {
                     Ok(())
                 }
                 SeptState::Pending | SeptState::Blocked | SeptState::PendingBlocked => {
-                    if self.saved.contains_key(&g) {
-                        Ok(())
-                    } else {
-                        let mut page = Box::new([0u8; PAGE_SIZE as usize]);
-                        match pool.read(host, &mut page[..]) {
-                            Ok(()) => {
-                                self.saved.insert(g, page);
-                                punch = match punch {
-                                    Some((s, n)) if s + n * PAGE_SIZE == g => Some((s, n + 1)),
-                                    Some((s, n)) => {
-                                        if let Err(e) = pool.punch(self.host_of(s), n * PAGE_SIZE) {
-                                            result = Err(format!("punching {s:#x}+{n} pages: {e}"));
+                    match self.saved.entry(g) {
+                        Entry::Occupied(_) => Ok(()),
+                        Entry::Vacant(slot) => {
+                            let mut page = Box::new([0u8; PAGE_SIZE as usize]);
+                            match pool.read(host, &mut page[..]) {
+                                Ok(()) => {
+                                    slot.insert(page);
+                                    punch = match punch {
+                                        Some((s, n)) if s + n * PAGE_SIZE == g => Some((s, n + 1)),
+                                        Some((s, n)) => {
+                                            if let Err(e) = pool.punch(host_of(s), n * PAGE_SIZE) {
+                                                result =
+                                                    Err(format!("punching {s:#x}+{n} pages: {e}"));
+                                            }
+                                            Some((g, 1))
                                         }
-                                        Some((g, 1))
-                                    }
-                                    None => Some((g, 1)),
-                                };
-                                Ok(())
+                                        None => Some((g, 1)),
+                                    };
+                                    Ok(())
+                                }
+                                Err(e) => Err(format!("saving page {g:#x}: {e}")),
                             }
-                            Err(e) => Err(format!("saving page {g:#x}: {e}")),
                         }
                     }
                 }
@@ -234,7 +239,7 @@ impl QemuSeam {
             }
         }
         if let Some((s, n)) = punch {
-            if let Err(e) = pool.punch(self.host_of(s), n * PAGE_SIZE) {
+            if let Err(e) = pool.punch(host_of(s), n * PAGE_SIZE) {
                 result = Err(format!("punching {s:#x}+{n} pages: {e}"));
             }
         }

@@ -8,6 +8,7 @@ use tetd::abi::{
 };
 
 use super::*;
+use crate::host::lock_pool;
 use crate::notify::EventKind;
 use crate::seam::{SeamError, ZoneRange};
 use crate::seam_model::SeptState;
@@ -218,4 +219,127 @@ fn qemu_seam_refuses_memory_the_guest_would_not_see() {
         s.page_aug(0x1000, 0x7000_0000_0000).is_err(),
         "outside the window"
     );
+}
+
+/// The enforcing QEMU backend over a real shared pool, driven through the
+/// leaves as the guest drives it: the zone's pages leave the pool file at
+/// BLOCK and come back at UNBLOCK; what the "guest" (any other mapping of
+/// the file: here the pool's own) does in between is found and discarded.
+#[test]
+fn qemu_blocked_zones_leave_the_pool_file() {
+    let opts = TetdOptions::default();
+    let events = opts.notifier.subscribe(64).unwrap();
+    let mut h = TetdHandler::qemu(&opts).unwrap();
+    assert!(h.enforces_blocking());
+    assert!(h.report().blocking_note.contains("enforced"));
+    h.vcpus_started(1);
+    let gpa = h.handle(0, acc(1, 2)).into_result().unwrap()[0];
+    let host = h.td().zone_at(gpa).unwrap().1.host_addr();
+    let pool = h.td().pool().clone();
+    let word = |off: u64| {
+        let mut w = [0u8; 8];
+        lock_pool(&pool).read(host + off, &mut w).unwrap();
+        u64::from_le_bytes(w)
+    };
+    let present = || lock_pool(&pool).present_pages(host, 2 * PAGE_SIZE).unwrap();
+    // Blocked from the start: both pages out of the file, saved as zeroes.
+    assert_eq!(h.td().seam().pages_taken_away(), 2);
+    assert!(present().is_empty());
+    // A window: the agent writes its secret into page 1.
+    h.handle(0, call(Leaf::VmmEnter, [1, 0, 0, 0]))
+        .into_result()
+        .unwrap();
+    assert_eq!(h.td().seam().pages_taken_away(), 0);
+    lock_pool(&pool)
+        .write(host + PAGE_SIZE + 8, b"SECRET!!")
+        .unwrap();
+    h.handle(0, call(Leaf::VmmResume, [1, 0, 0, 0]))
+        .into_result()
+        .unwrap();
+    // Blocked: the file holds nothing; TETD-H holds the secret.
+    assert!(present().is_empty());
+    let saved = h.td().seam().saved_page(gpa + PAGE_SIZE).unwrap();
+    assert_eq!(&saved[8..16], b"SECRET!!");
+    // The guest reads page 1 (zeroes: a shmem read fault allocates a page,
+    // which is how the access is found) and writes into page 0.
+    assert_eq!(word(PAGE_SIZE + 8), 0);
+    lock_pool(&pool).write(host + 16, b"planted!").unwrap();
+    assert_eq!(present(), [host, host + PAGE_SIZE]);
+    // Next window: the touched page is reported (once) and overwritten.
+    h.handle(0, call(Leaf::VmmEnter, [1, 0, 0, 0]))
+        .into_result()
+        .unwrap();
+    assert_eq!(word(16), 0, "the planted write is gone");
+    assert_eq!(word(PAGE_SIZE + 8), u64::from_le_bytes(*b"SECRET!!"));
+    let v: Vec<_> = h.violations().copied().collect();
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v.iter().all(|v| v.found_after && v.agent == Some(1)));
+    assert_eq!(v[0].access.gpa, gpa);
+    assert_eq!(v[1].access.gpa, gpa + PAGE_SIZE);
+    assert_eq!(h.td().agent(1).unwrap().violations, 2);
+    let ev: Vec<_> = events
+        .recv_timeout(std::time::Duration::from_secs(1))
+        .unwrap();
+    assert!(ev.iter().any(|e| e.kind == EventKind::Violation
+        && e.agent == 1
+        && e.arg0 == gpa
+        && e.arg1 == crate::notify::VIOLATION_FOUND_AFTER));
+    h.handle(0, call(Leaf::VmmResume, [1, 0, 0, 0]))
+        .into_result()
+        .unwrap();
+    // A touch while blocked and the guest stops: found at the end of the run.
+    lock_pool(&pool).write(host + PAGE_SIZE, b"x").unwrap();
+    h.guest_stopped();
+    assert_eq!(h.violations().filter(|v| v.found_after).count(), 3);
+    // Disable: the zone is removed, the saved copies are dropped, the pool
+    // range is scrubbed and free.
+    h.handle(0, call(Leaf::AgentDisable, [1, 0, 0, 0]))
+        .into_result()
+        .unwrap();
+    assert_eq!(h.td().seam().pages_taken_away(), 0);
+    assert!(present().is_empty());
+    assert_eq!(
+        lock_pool(&pool).allocator().free_pages(),
+        ZONE_GPA_SIZE / PAGE_SIZE
+    );
+}
+
+/// A refused UNBLOCK (before the TLB tracking the TDX rules require) never
+/// loses the saved pages; AUG scrubs what a guest left in a free window
+/// page.
+#[test]
+fn qemu_saved_pages_survive_refusals_and_aug_scrubs() {
+    let pool = Arc::new(Mutex::new(
+        HostPool::new_shared(ZONE_GPA_SIZE / PAGE_SIZE).unwrap(),
+    ));
+    let base = lock_pool(&pool).base_addr();
+    let mut s = QemuSeam::enforcing(pool.clone());
+    // The guest planted data in a free window page.
+    lock_pool(&pool).write(base, b"planted!").unwrap();
+    let z = ZoneRange {
+        gpa: ZONE_GPA_BASE,
+        hpa: base,
+        pages: 1,
+    };
+    s.aug_zone(&z).unwrap();
+    assert_eq!(
+        s.saved_page(ZONE_GPA_BASE).unwrap()[..8],
+        [0; 8],
+        "AUG scrubbed"
+    );
+    s.accept_zone(&z).unwrap();
+    lock_pool(&pool).write(base, b"agentkey").unwrap();
+    s.block_zone(&z).unwrap();
+    // UNBLOCK before TRACK: refused by the TDX rules; nothing restored,
+    // nothing lost.
+    assert!(s.unblock_zone(&z).is_err());
+    assert_eq!(&s.saved_page(ZONE_GPA_BASE).unwrap()[..8], b"agentkey");
+    let mut w = [0u8; 8];
+    lock_pool(&pool).read(base, &mut w).unwrap();
+    assert_eq!(w, [0; 8]);
+    s.flush().unwrap();
+    s.unblock_zone(&z).unwrap();
+    lock_pool(&pool).read(base, &mut w).unwrap();
+    assert_eq!(&w, b"agentkey");
+    assert_eq!(s.pages_taken_away(), 0);
 }
