@@ -40,7 +40,7 @@ use tetd_kvm::SeptModel;
 const HOSTILE: u32 = 40;
 /// CHECK lines attack-guest.sh prints: its own checks plus one per case of
 /// `tetdctl attack ioctls` (update both when adding checks).
-const EXPECTED_CHECKS: usize = 116;
+const EXPECTED_CHECKS: usize = 118;
 
 fn artefacts(root: &Path) -> Result<Vec<(PathBuf, String)>, String> {
     let files = [
@@ -185,6 +185,39 @@ fn judge<S: EngineSeam>(
                 "counted against echo's zone"
             );
         }
+    }
+
+    // A2. Guest root mapped all of echo's zone through /dev/mem after a
+    // call with a secret input, in each mode: not one byte of the zone, and
+    // the secret nowhere.
+    for m in ["exclusive", "collaborative"] {
+        let l = console
+            .lines()
+            .find(|l| l.starts_with(&format!("OBSERVED devmem-{m} ")))
+            .unwrap_or_else(|| panic!("no devmem-{m} line"));
+        assert!(l.contains("needle found 0 time(s)"), "{l}");
+        match engine {
+            Engine::Qemu => assert!(l.contains(": 0 non-zero byte(s)"), "{l}"),
+            // KVM answers all-ones for every byte of a removed slot.
+            Engine::Kvm => assert!(!l.contains(": 0 non-zero byte(s)"), "{l}"),
+        }
+    }
+    if engine == Engine::Qemu {
+        // Every page of the zone was touched by the two scans (and counted
+        // once per blocked period: once before the echo call between them
+        // and once at the end of the run at the latest).
+        let echo_zone = h.td().agent(1).and_then(|a| a.alias_of).unwrap();
+        let z = h.td().agent(echo_zone).unwrap().zone.unwrap();
+        let pages: std::collections::BTreeSet<u64> = h
+            .violations()
+            .filter(|v| v.found_after && z.contains(v.access.gpa))
+            .map(|v| page(v.access.gpa))
+            .collect();
+        assert_eq!(
+            pages.len() as u64,
+            z.pages(),
+            "every page of echo's zone counted"
+        );
     }
 
     // B. The raw leaves and the race reached TETD-H.

@@ -8,6 +8,7 @@
 //! |---|---|
 //! | `hypercall LEAF A0..A3` | one raw TETD hypercall through the module's transport (TEST_RAW_HYPERCALL) |
 //! | `zone-read` / `zone-write` | an agent's zone outside any window (TEST_ZONE_ACCESS) |
+//! | `devmem-scan GPA LEN` | guest root maps guest-physical memory through /dev/mem and reads every byte |
 //! | `race ID` | two processes pinned to CPUs 0 and 1 VMM_ENTER agent ID at once, round after round |
 //! | `hypercall-fuzz` | random leaves and arguments through the module's transport |
 //! | `uart-fuzz` | random frames, random R10, corrupt frames and garbage straight to the hypercall UART (iopl) |
@@ -86,6 +87,20 @@ pub enum AttackCmd {
         /// Byte offset in the region.
         #[arg(long, default_value_t = 0)]
         offset: u64,
+    },
+    /// Guest root: map LEN bytes of guest-physical memory at GPA through
+    /// /dev/mem, read every byte, print how many are non-zero and how often
+    /// NEEDLE occurs (no module hook needed).
+    DevmemScan {
+        /// Guest-physical address (page aligned), decimal or 0x hex.
+        #[arg(value_parser = parse_u64)]
+        gpa: u64,
+        /// Bytes to read (a multiple of the page size), decimal or 0x hex.
+        #[arg(value_parser = parse_u64)]
+        len: u64,
+        /// A byte string to look for.
+        #[arg(long, default_value = "")]
+        needle: String,
     },
     /// Write 8 bytes into agent ID's zone outside any window (test_ioctl=1).
     ZoneWrite {
@@ -253,6 +268,7 @@ pub fn run(dev_path: &Path, cmd: AttackCmd) -> Result<(), Fail> {
             region,
             offset,
         } => zone_access(dev_path, id, region, offset, Some(value)),
+        AttackCmd::DevmemScan { gpa, len, needle } => devmem_scan(gpa, len, needle.as_bytes()),
         AttackCmd::Race { id, rounds } => race(dev_path, id, rounds),
         AttackCmd::HypercallFuzz { count, seed } => hypercall_fuzz(dev_path, count, seed),
         AttackCmd::UartFuzz { count, seed } => uart_fuzz(dev_path, count, seed),
@@ -284,6 +300,60 @@ fn zone_access(
         }
         s => Err(crate::tetd_fail("zone access", s, "")),
     }
+}
+
+/// `devmem-scan`: what guest root sees of guest-physical `[gpa, +len)`.
+fn devmem_scan(gpa: u64, len: u64, needle: &[u8]) -> Result<(), Fail> {
+    let page = tetd::abi::PAGE_SIZE;
+    if gpa % page != 0 || len == 0 || len % page != 0 {
+        return Err(Fail(
+            2,
+            format!("devmem-scan: {gpa:#x}+{len:#x} is not a whole number of pages"),
+        ));
+    }
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/mem")
+        .map_err(|e| os_fail("/dev/mem", e))?;
+    let n = len as usize;
+    // SAFETY: a fresh shared mapping of /dev/mem at an address the kernel
+    // picks; checked below, only read through a raw pointer, unmapped at
+    // the end.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            n,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            mem.as_raw_fd(),
+            gpa as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(os_fail(
+            &format!("mmap /dev/mem at {gpa:#x}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let mut bytes = vec![0u8; n];
+    // SAFETY: [p, p+n) is the mapping made above; volatile reads, one byte
+    // at a time, so every byte really is loaded through the mapping.
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = unsafe { std::ptr::read_volatile(p.cast::<u8>().add(i)) };
+    }
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(p, n) };
+    let nonzero = bytes.iter().filter(|b| **b != 0).count();
+    let hits = if needle.is_empty() {
+        0
+    } else {
+        bytes.windows(needle.len()).filter(|w| *w == needle).count()
+    };
+    println!(
+        "devmem-scan {gpa:#x}+{len:#x}: {nonzero} non-zero byte(s), needle found {hits} time(s)"
+    );
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
