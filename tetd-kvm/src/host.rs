@@ -408,8 +408,9 @@ impl<S: SeamOps> TdState<S> {
     }
 
     /// Checks every live zone for pages the guest touched while they were
-    /// taken away ([`Self::collect_touched`]); engines call it when the
-    /// guest has stopped.
+    /// taken away ([`SeamOps::take_touched`]) and reports each as a
+    /// violation found afterwards; engines call it when the guest has
+    /// stopped.
     pub fn sweep_touched(&mut self) {
         let zones: Vec<(AgentId, Zone)> = self
             .agents

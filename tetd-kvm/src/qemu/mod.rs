@@ -39,12 +39,13 @@
 //! The outcome has the KVM engine's shape ([`VmOutcome`]); `stats` counts
 //! hypercalls only (QEMU does not report VM exits).
 //!
-//! # What is not enforced
-//! The host cannot take zone pages away from a TCG guest: BLOCK/UNBLOCK are
-//! checked by the TDX model but a blocked zone stays accessible, and such
-//! accesses are not reported ([`crate::hv::QemuSeam`]). The engine says so
-//! on stderr at start. The vCPU number in a hypercall is the guest's claim
-//! (see [`tetd::abi::uart`]).
+//! # Zone blocking
+//! TETD-H takes a blocked zone's pages out of the pool file QEMU maps and
+//! puts them back at UNBLOCK; guest accesses to them are found afterwards
+//! and reported ([`crate::hv::QemuSeam`], docs/engines.md). The engine
+//! prints the backend's note on stderr at start and sweeps every zone for
+//! touched pages when the guest ends ([`TetdHandler::guest_stopped`]). The
+//! vCPU number in a hypercall is the guest's claim (see [`tetd::abi::uart`]).
 
 mod guest_ram;
 mod server;
