@@ -47,9 +47,20 @@ fn quick_bench_writes_a_well_formed_report() {
     assert_eq!(j["meta"]["failed_sections"], serde_json::json!([]));
     let figures = j["figures"].as_array().unwrap();
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    // host always runs: 4 zone sizes, ENTER+RESUME each, per-page and life for 3
+    // host always runs: 4 zone sizes, ENTER+RESUME each, per-page and life
+    // for 3, and the QEMU backend's ENTER+RESUME (zone taken out of the
+    // file) for each size against the same backend model-only.
     let host: Vec<&Value> = figures.iter().filter(|f| f["section"] == "host").collect();
-    assert_eq!(host.len(), 10, "{host:#?}");
+    assert_eq!(host.len(), 14, "{host:#?}");
+    for pages in [1, 16, 256, 4096] {
+        let f = host
+            .iter()
+            .find(|f| f["key"] == format!("host.qemu_call.{pages}p"))
+            .unwrap_or_else(|| panic!("no host.qemu_call.{pages}p"));
+        assert!(f["baseline"]["what"]
+            .as_str()
+            .is_some_and(|l| l.contains("model only")));
+    }
     let mut keys = std::collections::HashSet::new();
     for f in figures {
         let key = f["key"].as_str().unwrap();
