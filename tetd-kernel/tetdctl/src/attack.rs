@@ -549,6 +549,9 @@ fn race(dev_path: &Path, id: u32, rounds: u32) -> Result<(), Fail> {
 
 fn hypercall_fuzz(dev_path: &Path, count: u32, seed: u64) -> Result<(), Fail> {
     let dev = Dev::open(&dev_path.to_path_buf())?;
+    // One CPU for the whole run: the clean-up's RESUMEs must come from the
+    // CPU that made the fuzzed ENTERs (else NotOwner leaves a call open).
+    pin(0).map_err(|e| os_fail("pinning to CPU 0", e))?;
     let mut rng = Rng(seed | 1);
     let mut hist = std::collections::BTreeMap::<String, u32>::new();
     let mut bad = 0;
@@ -715,6 +718,25 @@ fn uart_fuzz(dev_path: &Path, count: u32, seed: u64) -> Result<(), Fail> {
             None => {
                 println!("FAIL uart-fuzz: no answer to frame seq {seq}");
                 bad += 1;
+            }
+        }
+    }
+    // Close any call a fuzzed frame opened (ids 100..=107, claimed vCPUs
+    // 0..=3), so the checks after this one start from idle agents.
+    let mut seq = 0x7f00u16;
+    for id in 100..108u64 {
+        for vcpu in 0..4u64 {
+            seq = seq.wrapping_add(1) & 0x7fff;
+            let req = Request::new(
+                seq,
+                vcpu as u32,
+                tetd::abi::regs::HypercallArgs {
+                    leaf: Leaf::VmmResume as u64,
+                    args: [id, vcpu, 0, 0],
+                },
+            );
+            if uart_send(&req.encode()) {
+                let _ = uart_answer(seq, Duration::from_secs(3));
             }
         }
     }
