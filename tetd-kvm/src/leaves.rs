@@ -262,10 +262,12 @@ impl<S: SeamOps> TdState<S> {
         }
     }
 
-    /// Remove a blocked+tracked zone and free it. On an unrecoverable SEAM
-    /// failure the zone is leaked and the error returned.
-    fn destroy_zone(&mut self, z: Zone) -> Result<(), SeamError> {
+    /// Remove `owner`'s blocked+tracked zone and free it; first report the
+    /// pages the guest touched while they were taken away. On an
+    /// unrecoverable SEAM failure the zone is leaked and the error returned.
+    fn destroy_zone(&mut self, owner: AgentId, z: Zone) -> Result<(), SeamError> {
         let r = z.range();
+        self.collect_touched(owner, &r);
         let res = self.zone_op_after_track(&r, S::remove_zone);
         let res = res.or_else(|e| {
             self.note_seam_error(&e);
@@ -327,10 +329,7 @@ impl<S: SeamOps> TdState<S> {
             self.drop_aliases(id, crate::host::HOST_VCPU);
         }
         match zone {
-            Some(z) => {
-                self.collect_touched(id, &z.range());
-                self.destroy_zone(z)
-            }
+            Some(z) => self.destroy_zone(id, z),
             None => Ok(()),
         }
     }
@@ -589,8 +588,7 @@ impl<S: SeamOps> TdState<S> {
         }
         self.drop_aliases(id, vcpu);
         if let Some(z) = zone {
-            self.collect_touched(id, &z.range());
-            if self.destroy_zone(z).is_err() {
+            if self.destroy_zone(id, z).is_err() {
                 // Disabled either way; the zone is leaked, never reused.
                 self.publish(EventKind::Disable, id, vcpu, 0, 0);
                 return Err(Error::SeamError);

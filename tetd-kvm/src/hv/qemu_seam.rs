@@ -117,20 +117,11 @@ impl QemuSeam {
         self.saved.len()
     }
 
-    /// True if the page at `gpa` is taken out of the pool file.
-    pub fn is_taken_away(&self, gpa: Gpa) -> bool {
-        self.saved.contains_key(&(gpa & !(PAGE_SIZE - 1)))
-    }
-
     /// TETD-H's saved copy of a page taken out of the pool file (what the
     /// agent will see at the zone's next window), `None` if the page is not
     /// taken away.
     pub fn saved_page(&self, gpa: Gpa) -> Option<&[u8]> {
         self.saved.get(&(gpa & !(PAGE_SIZE - 1))).map(|p| &p[..])
-    }
-
-    fn host_of(&self, gpa: Gpa) -> u64 {
-        self.pool_base + (gpa - ZONE_GPA_BASE)
     }
 
     fn check_backing(&self, gpa: Gpa, hpa: Hpa) -> SeamResult<()> {
@@ -158,7 +149,7 @@ impl QemuSeam {
             return Ok(());
         };
         lock_pool(pool)
-            .punch(self.host_of(gpa), pages * PAGE_SIZE)
+            .punch(window_host(self.pool_base, gpa), pages * PAGE_SIZE)
             .map_err(|e| backend(op, gpa, format!("scrubbing the pool file: {e}")))
     }
 
@@ -171,12 +162,13 @@ impl QemuSeam {
         };
         let mut pool = lock_pool(&pool);
         let base = self.pool_base;
-        let host_of = |g: Gpa| base + (g - ZONE_GPA_BASE);
-        let mut punch: Option<(Gpa, u64)> = None; // a run of pages to punch
+        // Pages newly taken away, as runs (first GPA, pages): punched below,
+        // one fallocate per run.
+        let mut runs: Vec<(Gpa, u64)> = Vec::new();
         let mut result = Ok(());
         for i in 0..pages {
             let g = gpa + i * PAGE_SIZE;
-            let host = host_of(g);
+            let host = window_host(base, g);
             let step = match self.model.state(g) {
                 SeptState::Mapped => match self.saved.remove(&g) {
                     Some(mut page) => {
@@ -215,17 +207,10 @@ impl QemuSeam {
                             match pool.read(host, &mut page[..]) {
                                 Ok(()) => {
                                     slot.insert(page);
-                                    punch = match punch {
-                                        Some((s, n)) if s + n * PAGE_SIZE == g => Some((s, n + 1)),
-                                        Some((s, n)) => {
-                                            if let Err(e) = pool.punch(host_of(s), n * PAGE_SIZE) {
-                                                result =
-                                                    Err(format!("punching {s:#x}+{n} pages: {e}"));
-                                            }
-                                            Some((g, 1))
-                                        }
-                                        None => Some((g, 1)),
-                                    };
+                                    match runs.last_mut() {
+                                        Some((s, n)) if *s + *n * PAGE_SIZE == g => *n += 1,
+                                        _ => runs.push((g, 1)),
+                                    }
                                     Ok(())
                                 }
                                 Err(e) => Err(format!("saving page {g:#x}: {e}")),
@@ -238,8 +223,8 @@ impl QemuSeam {
                 result = Err(msg);
             }
         }
-        if let Some((s, n)) = punch {
-            if let Err(e) = pool.punch(host_of(s), n * PAGE_SIZE) {
+        for (s, n) in runs {
+            if let Err(e) = pool.punch(window_host(base, s), n * PAGE_SIZE) {
                 result = Err(format!("punching {s:#x}+{n} pages: {e}"));
             }
         }
@@ -251,6 +236,12 @@ impl QemuSeam {
             }
         }
     }
+}
+
+/// Host address, in a pool mapped at `base`, of window GPA `gpa` (pool
+/// offset = GPA offset in the zone window).
+fn window_host(base: u64, gpa: Gpa) -> u64 {
+    base + (gpa - ZONE_GPA_BASE)
 }
 
 fn backend(op: SeamOp, gpa: Gpa, msg: String) -> SeamError {
@@ -338,7 +329,7 @@ impl SeamOps for QemuSeam {
             return Vec::new();
         };
         let mut pool = lock_pool(pool);
-        let present = match pool.present_pages(self.host_of(zone.gpa), zone.len()) {
+        let present = match pool.present_pages(window_host(self.pool_base, zone.gpa), zone.len()) {
             Ok(p) => p,
             Err(e) => {
                 log::error!("QEMU zone pool at {:#x}: page presence: {e}", zone.gpa);
